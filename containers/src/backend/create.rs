@@ -1,0 +1,356 @@
+//! Creating a container, and undoing it: create registers nothing it cannot take back, and a
+//! failure part-way destroys whatever was made and reports both errors.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_rootfs::archive::{self, ExtractOptions};
+use tracing::{info, info_span, warn};
+
+use super::{Backend, Entry, Inner};
+use crate::bundle::{self, ContainerBundle};
+use crate::error::{Error, Result};
+use crate::network;
+use crate::runtime::RuncStatus;
+use crate::spec::{ContainerSpec, ContainerState, PortMapping};
+use crate::state::{parse_passwd, ContainerRecord, User};
+
+impl Backend {
+    /// Creates and starts a container (its init runs; use [`Backend::run`] for processes).
+    pub async fn create(&self, spec: ContainerSpec) -> Result<crate::spec::ContainerInfo> {
+        validate(&spec)?;
+        let stack = self
+            .inner
+            .stacks
+            .resolve(&spec.stack)
+            .map_err(|e| match e {
+                kiln_rootfs::store::StoreError::UnknownStack { .. } => Error::UnknownStack {
+                    stack: spec.stack.clone(),
+                    known: self
+                        .inner
+                        .stacks
+                        .list()
+                        .map(|l| {
+                            l.iter()
+                                .filter_map(|s| s.name.clone())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default(),
+                },
+                other => other.into(),
+            })?;
+        let handle = spec.handle.clone();
+        let record = self.inner.reserve(spec, &stack.digest)?;
+        let inner = self.inner.clone();
+        let stack_rootfs = stack.rootfs.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _span = info_span!("create", handle = %record.spec.handle).entered();
+            let started = Instant::now();
+            let mut record = record;
+            match inner.build(&mut record, &stack_rootfs) {
+                Ok(()) => {
+                    info!(elapsed_ms = started.elapsed().as_millis() as u64, "container.created");
+                    Ok(record)
+                }
+                Err(source) => {
+                    warn!(error = %source, "container.create-failed");
+                    let cleanup = inner.teardown(&record).err().map(Box::new);
+                    Err(Error::CreateFailed {
+                        handle: record.spec.handle.clone(),
+                        source: Box::new(source),
+                        cleanup,
+                    })
+                }
+            }
+        })
+        .await
+        .map_err(Error::from)
+        .and_then(|r| r);
+        let mut table = self.inner.table();
+        match result {
+            Ok(record) => {
+                if let Some(entry) = table.containers.get_mut(&handle) {
+                    entry.record = record;
+                }
+                drop(table);
+                self.info(&handle)
+            }
+            Err(e) => {
+                if let Some(entry) = table.containers.remove(&handle) {
+                    table.slots.remove(&entry.record.slot);
+                    for m in &entry.record.mapped_ports {
+                        table.ports.release(m.host_port);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Takes the handle, a slot and the NetIn ports, all or nothing.
+    fn reserve(&self, spec: ContainerSpec, stack_digest: &str) -> Result<ContainerRecord> {
+        let mut table = self.table();
+        if table.containers.contains_key(&spec.handle) || self.dir(&spec.handle).path().exists() {
+            return Err(Error::HandleTaken(spec.handle));
+        }
+        let max = self.max_containers();
+        let slot = (0..max)
+            .find(|s| !table.slots.contains(s))
+            .ok_or(Error::PoolExhausted(max))?;
+        let mut mapped_ports: Vec<PortMapping> = Vec::new();
+        for net_in in &spec.net_in {
+            match table.ports.acquire(net_in.host_port) {
+                Ok(host_port) => mapped_ports.push(PortMapping {
+                    host_port,
+                    container_port: net_in.container_port,
+                }),
+                Err(e) => {
+                    for m in &mapped_ports {
+                        table.ports.release(m.host_port);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        table.slots.insert(slot);
+        let record = ContainerRecord {
+            net_out: spec.net_out.clone(),
+            spec,
+            state: ContainerState::Creating,
+            slot,
+            stack_digest: stack_digest.to_string(),
+            ids: self.ids(slot),
+            mapped_ports,
+            users: BTreeMap::new(),
+        };
+        table.containers.insert(
+            record.spec.handle.clone(),
+            Entry {
+                record: record.clone(),
+                processes: Default::default(),
+            },
+        );
+        Ok(record)
+    }
+
+    /// Makes everything the container needs, recording progress in its state file first.
+    fn build(&self, record: &mut ContainerRecord, stack_rootfs: &Path) -> Result<()> {
+        let handle = record.spec.handle.clone();
+        let dir = self.dir(&handle);
+        std::fs::create_dir_all(dir.processes())
+            .map_err(|e| Error::io("create container directory", dir.path(), e))?;
+        super::set_mode(dir.path(), 0o711)?;
+        dir.save(record)?;
+
+        let paths = self.volume_paths(&handle);
+        self.volumes.create(
+            &handle,
+            stack_rootfs,
+            record.ids,
+            record.spec.limits.disk_bytes,
+            &paths,
+        )?;
+        record.users = read_users(&paths.rootfs)?;
+        write_etc(&paths.rootfs, &handle, record)?;
+
+        let cgroups_path = self.cgroups_path(&handle);
+        let spec = ContainerBundle {
+            handle: &handle,
+            rootfs: &paths.rootfs,
+            init: &self.init_binary,
+            ids: record.ids,
+            limits: &record.spec.limits,
+            bind_mounts: &record.spec.bind_mounts,
+            cgroups_path: &cgroups_path,
+        }
+        .spec()
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        bundle::write_json(&dir.path().join("config.json"), &spec)
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+
+        self.runc.create(&handle, dir.path(), &dir.init_pid())?;
+        let pid = read_pid(&dir.init_pid())?;
+        let chains = self.chains(record);
+        network::setup_veth(pid, &chains.host_veth, self.pool.subnet(record.slot))?;
+        let mut rules = chains.create();
+        for m in &record.mapped_ports {
+            rules.push_str(&chains.net_in(*m));
+        }
+        for rule in &record.net_out {
+            rules.push_str(&chains.net_out(rule)?);
+        }
+        network::iptables_restore(&rules)?;
+        self.runc.start(&handle)?;
+
+        record.state = ContainerState::Active;
+        dir.save(record)
+    }
+
+    /// Removes everything a container may hold, in reverse order of creation. Every step
+    /// tolerates its part being absent, so this finishes a half-made or half-destroyed one.
+    pub(super) fn teardown(&self, record: &ContainerRecord) -> Result<()> {
+        let handle = &record.spec.handle;
+        let _span = info_span!("destroy", handle = %handle).entered();
+        self.runc.delete(handle)?;
+        let chains = self.chains(record);
+        network::delete_veth(&chains.host_veth)?;
+        network::iptables_restore(&chains.delete(&network::iptables_save()?))?;
+        self.volumes.destroy(handle, &self.volume_paths(handle))?;
+        let dir = self.dir(handle);
+        if dir.path().exists() {
+            std::fs::remove_dir_all(dir.path())
+                .map_err(|e| Error::io("remove container directory", dir.path(), e))?;
+        }
+        info!("container.destroyed");
+        Ok(())
+    }
+
+    pub(super) fn stop(&self, handle: &str, grace: Duration) -> Result<()> {
+        let status = self.runc.status(handle)?;
+        if matches!(status, RuncStatus::Running | RuncStatus::Created | RuncStatus::Paused) {
+            let _ = self.runc.kill_all(handle, "TERM");
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline
+                && matches!(self.runc.status(handle)?, RuncStatus::Running)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !matches!(self.runc.status(handle)?, RuncStatus::Stopped | RuncStatus::Absent) {
+                let _ = self.runc.kill_all(handle, "KILL");
+            }
+        }
+        let mut record = self.record(handle)?;
+        record.state = ContainerState::Stopped;
+        self.dir(handle).save(&record)?;
+        if let Some(entry) = self.table().containers.get_mut(handle) {
+            entry.record = record;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses specs that make no sense before anything is reserved.
+fn validate(spec: &ContainerSpec) -> Result<()> {
+    let handle = &spec.handle;
+    let bad_handle = |reason: &str| Error::InvalidHandle {
+        handle: handle.clone(),
+        reason: reason.to_string(),
+    };
+    if handle.is_empty() || handle.len() > 64 {
+        return Err(bad_handle("must be 1 to 64 characters"));
+    }
+    if !handle
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || handle.starts_with('.')
+    {
+        return Err(bad_handle(
+            "may contain only letters, digits, '-', '_' and '.', and not start with '.'",
+        ));
+    }
+    let l = &spec.limits;
+    if l.memory_bytes < 4 << 20 {
+        return Err(Error::InvalidLimits(format!(
+            "memory {} bytes is below the 4 MiB minimum",
+            l.memory_bytes
+        )));
+    }
+    if !(2..=262_144).contains(&l.cpu_shares) {
+        return Err(Error::InvalidLimits(format!(
+            "cpu shares {} outside 2..=262144",
+            l.cpu_shares
+        )));
+    }
+    if l.disk_bytes < 1 << 20 {
+        return Err(Error::InvalidLimits(format!(
+            "disk {} bytes is below the 1 MiB minimum",
+            l.disk_bytes
+        )));
+    }
+    if l.pids == 0 {
+        return Err(Error::InvalidLimits(
+            "pids must be at least 1 (a pids limit is always set)".into(),
+        ));
+    }
+    for bind in &spec.bind_mounts {
+        if !bind.host_path.is_absolute() || !bind.container_path.is_absolute() {
+            return Err(Error::InvalidSpec(format!(
+                "bind mount {} -> {}: both paths must be absolute",
+                bind.host_path.display(),
+                bind.container_path.display()
+            )));
+        }
+        if !bind.host_path.exists() {
+            return Err(Error::InvalidSpec(format!(
+                "bind mount source {} does not exist",
+                bind.host_path.display()
+            )));
+        }
+    }
+    for env in &spec.env {
+        if !env.contains('=') {
+            return Err(Error::InvalidSpec(format!("env entry {env:?} is not KEY=VALUE")));
+        }
+    }
+    for rule in &spec.net_out {
+        network::iptables::net_out_matches(rule)?;
+    }
+    Ok(())
+}
+
+/// The users of the container's `/etc/passwd`, read inside its root.
+fn read_users(rootfs: &Path) -> Result<BTreeMap<String, User>> {
+    let mut tar = Vec::new();
+    match archive::archive_from_root(rootfs, Path::new("/etc/passwd"), &mut tar) {
+        Ok(()) => {}
+        Err(archive::ArchiveError::NotFound { .. }) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.into()),
+    }
+    let mut text = String::new();
+    let mut entries = tar::Archive::new(Cursor::new(tar));
+    if let Some(Ok(mut entry)) = entries.entries().ok().and_then(|mut e| e.next()) {
+        use std::io::Read;
+        let _ = entry.read_to_string(&mut text);
+    }
+    Ok(parse_passwd(&text))
+}
+
+/// Writes `/etc/hosts` and `/etc/hostname` into the container, inside its root.
+fn write_etc(rootfs: &Path, handle: &str, record: &ContainerRecord) -> Result<()> {
+    let hosts = format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {handle}\n");
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, body) in [("hosts", hosts), ("hostname", format!("{handle}\n"))] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, name, body.as_bytes())
+            .map_err(|e| Error::io("build /etc files", rootfs, e))?;
+    }
+    let tar = builder
+        .into_inner()
+        .map_err(|e| Error::io("build /etc files", rootfs, e))?;
+    let options = ExtractOptions {
+        owner: Some((record.ids.host_base, record.ids.host_base)),
+        ..ExtractOptions::default()
+    };
+    archive::extract_in_root(rootfs, Path::new("/etc"), Cursor::new(tar), &options)?;
+    Ok(())
+}
+
+fn read_pid(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read pid file", path, e))?;
+    text.trim().parse().map_err(|_| {
+        Error::io(
+            "parse pid file",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, text.clone()),
+        )
+    })
+}

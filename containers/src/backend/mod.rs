@@ -1,0 +1,438 @@
+//! The container backend: Garden's operations over runc, volumes and networking.
+//!
+//! [`Backend`] is cheap to clone and safe to share between tasks. Its operations are async;
+//! the work that blocks (runc, mount, iptables) runs on tokio's blocking pool. Which handles,
+//! slots and ports are taken is decided under one short lock, so concurrent creates never
+//! collide; the slow part of each operation runs outside it.
+
+mod create;
+mod process;
+mod recovery;
+mod streams;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kiln_rootfs::store::{StackImage, StackStore};
+use tracing::info;
+
+pub use process::Process;
+
+use crate::config::{Config, IDS_PER_CONTAINER};
+use crate::error::{Error, Result};
+use crate::network::{self, Chains, NetworkError, Pool, PortAllocator};
+use crate::runtime::Runc;
+use crate::spec::{
+    Capacity, ContainerInfo, ContainerMetrics, ContainerState, NetOutRule, PortMapping,
+};
+use crate::state::{ContainerDir, ContainerRecord};
+use crate::volume::{VolumePaths, VolumeStore};
+
+/// `kiln-init`, built from `init/init.c` by build.rs.
+const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-init"));
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    /// Short id of this backend (from its data dir) in machine-wide names: cgroups, chains, veths.
+    tag: String,
+    runc: Runc,
+    stacks: StackStore,
+    volumes: VolumeStore,
+    pool: Pool,
+    containers_dir: PathBuf,
+    init_binary: PathBuf,
+    table: Mutex<Table>,
+}
+
+/// Which handles, slots and ports are taken.
+#[derive(Debug)]
+struct Table {
+    containers: BTreeMap<String, Entry>,
+    slots: BTreeSet<usize>,
+    ports: PortAllocator,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: ContainerRecord,
+    /// Processes started with `run` that have not exited: id -> pid of their `runc exec`.
+    processes: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl Backend {
+    /// Opens the backend on `config.data_dir`: checks the runtime, mounts the disk store, and
+    /// adopts or destroys what a previous owner left (see [`Config::recovery`]).
+    pub async fn new(config: Config) -> Result<Backend> {
+        let inner = tokio::task::spawn_blocking(move || {
+            let inner = Inner::open(config)?;
+            inner.recover()?;
+            Ok::<_, Error>(inner)
+        })
+        .await??;
+        Ok(Backend {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Destroys every container of the data dir in `config` and unmounts its disk store,
+    /// without needing a running backend (tests call it on drop, operators to reset a cell).
+    pub fn destroy_all(config: &Config) -> Result<()> {
+        let mut config = config.clone();
+        config.recovery = crate::config::Recovery::Destroy;
+        let inner = Inner::open(config)?;
+        inner.recover()?;
+        inner.volumes.unmount()?;
+        inner.remove_cgroup_parents();
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The short id of this backend in machine-wide names: cgroups `/kiln/<tag>/<handle>`,
+    /// iptables chains `KILN-<tag>-<slot>`, host veths `kl<tag><slot>h`.
+    pub fn tag(&self) -> &str {
+        &self.inner.tag
+    }
+
+    /// Imports a stack image (an OCI layout directory) under `name`.
+    pub async fn import_stack(&self, layout: &Path, name: &str) -> Result<StackImage> {
+        let inner = self.inner.clone();
+        let layout = layout.to_path_buf();
+        let name = name.to_string();
+        Ok(tokio::task::spawn_blocking(move || inner.stacks.import(&layout, &name)).await??)
+    }
+
+    /// Handles of the containers whose properties include every pair of `filter`.
+    pub fn list(&self, filter: &BTreeMap<String, String>) -> Vec<String> {
+        self.inner
+            .table()
+            .containers
+            .iter()
+            .filter(|(_, e)| {
+                filter
+                    .iter()
+                    .all(|(k, v)| e.record.spec.properties.get(k) == Some(v))
+            })
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    pub fn info(&self, handle: &str) -> Result<ContainerInfo> {
+        let table = self.inner.table();
+        let entry = table
+            .containers
+            .get(handle)
+            .ok_or_else(|| Error::NotFound(handle.to_string()))?;
+        let r = &entry.record;
+        let subnet = self.inner.pool.subnet(r.slot);
+        let processes = lock(&entry.processes).keys().cloned().collect();
+        Ok(ContainerInfo {
+            handle: handle.to_string(),
+            state: r.state,
+            stack: r.spec.stack.clone(),
+            stack_digest: r.stack_digest.clone(),
+            container_ip: subnet.container_ip,
+            host_ip: subnet.host_ip,
+            mapped_ports: r.mapped_ports.clone(),
+            net_out: r.net_out.clone(),
+            processes,
+            properties: r.spec.properties.clone(),
+            limits: r.spec.limits,
+        })
+    }
+
+    /// CPU time and memory from the container's cgroups, disk from its quota group.
+    pub async fn metrics(&self, handle: &str) -> Result<ContainerMetrics> {
+        let record = self.inner.record(handle)?;
+        let inner = self.inner.clone();
+        let handle = handle.to_string();
+        tokio::task::spawn_blocking(move || {
+            let cgroup = |controller: &str, file: &str| {
+                let path = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(inner.cgroups_path(&handle).trim_start_matches('/'))
+                    .join(file);
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Ok(ContainerMetrics {
+                cpu_time_ns: cgroup("cpuacct", "cpuacct.usage"),
+                memory_bytes: cgroup("memory", "memory.usage_in_bytes"),
+                memory_limit_bytes: record.spec.limits.memory_bytes,
+                disk_bytes: inner.volumes.disk_usage(&handle)?,
+                disk_limit_bytes: record.spec.limits.disk_bytes,
+            })
+        })
+        .await?
+    }
+
+    /// What this backend can hold.
+    pub fn capacity(&self) -> Capacity {
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        Capacity {
+            memory_bytes: memory,
+            disk_bytes: self.inner.volumes.size_bytes(),
+            max_containers: self.inner.max_containers() as u64,
+        }
+    }
+
+    /// Forwards a host port (the next free one if `None`) to `container_port`.
+    pub async fn net_in(
+        &self,
+        handle: &str,
+        host_port: Option<u16>,
+        container_port: u16,
+    ) -> Result<PortMapping> {
+        let port = self.inner.table().ports.acquire(host_port)?;
+        let mapping = PortMapping {
+            host_port: port,
+            container_port,
+        };
+        let result = self
+            .update_rules(handle, move |chains, record| {
+                record.mapped_ports.push(mapping);
+                Ok(chains.net_in(mapping))
+            })
+            .await;
+        if result.is_err() {
+            self.inner.table().ports.release(port);
+        }
+        result.map(|_| mapping)
+    }
+
+    /// Allows egress matching `rule`.
+    pub async fn net_out(&self, handle: &str, rule: NetOutRule) -> Result<()> {
+        self.update_rules(handle, move |chains, record| {
+            let script = chains.net_out(&rule)?;
+            record.net_out.push(rule);
+            Ok(script)
+        })
+        .await
+    }
+
+    /// Applies the rules `change` makes of the container's record, then saves the record.
+    async fn update_rules(
+        &self,
+        handle: &str,
+        change: impl FnOnce(&Chains, &mut ContainerRecord) -> Result<String, NetworkError> + Send + 'static,
+    ) -> Result<()> {
+        let mut record = self.inner.record(handle)?;
+        let inner = self.inner.clone();
+        let handle = handle.to_string();
+        tokio::task::spawn_blocking(move || {
+            let script = change(&inner.chains(&record), &mut record)?;
+            network::iptables_restore(&script)?;
+            inner.dir(&handle).save(&record)?;
+            if let Some(entry) = inner.table().containers.get_mut(&handle) {
+                entry.record = record;
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Ends every process of the container: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, handle: &str, grace: std::time::Duration) -> Result<()> {
+        self.inner.record(handle)?;
+        let inner = self.inner.clone();
+        let handle = handle.to_string();
+        tokio::task::spawn_blocking(move || inner.stop(&handle, grace)).await?
+    }
+
+    /// Destroys the container and everything it held. Destroying an unknown handle is an error;
+    /// a half-destroyed container is finished off by the next destroy or by recovery.
+    pub async fn destroy(&self, handle: &str) -> Result<()> {
+        let entry = self
+            .inner
+            .table()
+            .containers
+            .remove(handle)
+            .ok_or_else(|| Error::NotFound(handle.to_string()))?;
+        let inner = self.inner.clone();
+        let record = entry.record;
+        tokio::task::spawn_blocking(move || {
+            let result = inner.teardown(&record);
+            let mut table = inner.table();
+            if result.is_ok() {
+                table.slots.remove(&record.slot);
+                for m in &record.mapped_ports {
+                    table.ports.release(m.host_port);
+                }
+            } else {
+                // Keep it listed so that destroy can be retried.
+                table.containers.insert(
+                    record.spec.handle.clone(),
+                    Entry {
+                        record: record.clone(),
+                        processes: Default::default(),
+                    },
+                );
+            }
+            result
+        })
+        .await?
+    }
+}
+
+impl Inner {
+    fn open(config: Config) -> Result<Inner> {
+        let data_dir = &config.data_dir;
+        let containers_dir = data_dir.join("containers");
+        let bin_dir = data_dir.join("bin");
+        for dir in [data_dir, &containers_dir, &bin_dir, &data_dir.join("runc")] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            // Container roots (mapped uids) must traverse to their rootfs and init binary.
+            set_mode(dir, 0o711)?;
+        }
+        let runc = Runc::new(&config.runtime_path, &data_dir.join("runc"))?;
+        let init_binary = bin_dir.join("kiln-init");
+        install_init(&init_binary)?;
+        let stacks = StackStore::open(&config.stacks_dir)?;
+        let volumes = VolumeStore::open(data_dir, config.store_size_bytes)?;
+        let pool = Pool::parse(&config.network_pool)?;
+        network::enable_forwarding()?;
+        let tag = backend_tag(data_dir);
+        info!(data_dir = %data_dir.display(), tag, "container backend open");
+        let ports = PortAllocator::new(config.port_range_start, config.port_range_size);
+        Ok(Inner {
+            tag,
+            runc,
+            stacks,
+            volumes,
+            pool,
+            containers_dir,
+            init_binary,
+            table: Mutex::new(Table {
+                containers: BTreeMap::new(),
+                slots: BTreeSet::new(),
+                ports,
+            }),
+            config,
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+
+    fn record(&self, handle: &str) -> Result<ContainerRecord> {
+        self.table()
+            .containers
+            .get(handle)
+            .map(|e| e.record.clone())
+            .ok_or_else(|| Error::NotFound(handle.to_string()))
+    }
+
+    fn max_containers(&self) -> usize {
+        self.pool.size().min(self.config.max_containers)
+    }
+
+    fn dir(&self, handle: &str) -> ContainerDir {
+        ContainerDir::new(&self.containers_dir, handle)
+    }
+
+    fn volume_paths(&self, handle: &str) -> VolumePaths {
+        let dir = self.dir(handle);
+        VolumePaths {
+            lower: dir.lower(),
+            rootfs: dir.rootfs(),
+        }
+    }
+
+    fn cgroups_path(&self, handle: &str) -> String {
+        format!("/kiln/{}/{}", self.tag, handle)
+    }
+
+    fn chains(&self, record: &ContainerRecord) -> Chains {
+        let filter = format!("KILN-{}-{}", self.tag, record.slot);
+        Chains {
+            nat: format!("{filter}N"),
+            filter,
+            host_veth: format!("kl{}{:03x}h", self.tag, record.slot),
+            container_ip: self.pool.subnet(record.slot).container_ip,
+        }
+    }
+
+    fn ids(&self, slot: usize) -> crate::bundle::IdRange {
+        crate::bundle::IdRange {
+            host_base: self
+                .config
+                .uid_range_start
+                .saturating_add((slot as u32).saturating_mul(IDS_PER_CONTAINER)),
+            size: IDS_PER_CONTAINER,
+        }
+    }
+
+    /// Removes this backend's (empty) parent cgroups in every hierarchy.
+    fn remove_cgroup_parents(&self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join("kiln").join(&self.tag));
+            let _ = std::fs::remove_dir(h.path().join("kiln"));
+        }
+    }
+}
+
+/// A short, stable id of the data dir, used in machine-wide names (at most 6 characters so
+/// that veth names fit in 15).
+fn backend_tag(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(digest)[..6].to_string()
+}
+
+fn install_init(path: &Path) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|existing| existing == INIT_BINARY) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, INIT_BINARY).map_err(|e| Error::io("write kiln-init", &tmp, e))?;
+    set_mode(&tmp, 0o555)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("install kiln-init", path, e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl From<ContainerState> for &'static str {
+    fn from(s: ContainerState) -> Self {
+        match s {
+            ContainerState::Creating => "creating",
+            ContainerState::Active => "active",
+            ContainerState::Stopped => "stopped",
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Copying files into and out of a container as tar streams.
+//!
+//! Paths are resolved inside the container's root (`openat2(RESOLVE_IN_ROOT)`, see
+//! `kiln_rootfs::archive`), never from the host side, so symlinks a container plants cannot
+//! point the backend at host files; hostile tar entries are refused by name.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use kiln_rootfs::archive::{self, ExtractOptions};
+
+use super::Backend;
+use crate::error::{Error, Result};
+
+impl Backend {
+    /// Extracts the tar stream `tar` at `path` in the container, every entry owned by `user`
+    /// (default `vcap`).
+    pub async fn stream_in(
+        &self,
+        handle: &str,
+        path: &str,
+        user: Option<&str>,
+        tar: impl Read + Send + 'static,
+    ) -> Result<()> {
+        let record = self.inner.record(handle)?;
+        let user_name = user.unwrap_or("vcap");
+        let user = record
+            .users
+            .get(user_name)
+            .ok_or_else(|| Error::UnknownUser {
+                handle: handle.to_string(),
+                user: user_name.to_string(),
+            })?;
+        let owner = (
+            record.ids.host_base + user.uid,
+            record.ids.host_base + user.gid,
+        );
+        let rootfs = self.inner.dir(handle).rootfs();
+        let path = PathBuf::from(path);
+        tokio::task::spawn_blocking(move || {
+            let options = ExtractOptions {
+                owner: Some(owner),
+                ..ExtractOptions::default()
+            };
+            archive::extract_in_root(&rootfs, &path, tar, &options)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Writes a tar of `path` in the container to `out`, and gives `out` back.
+    pub async fn stream_out<W: Write + Send + 'static>(
+        &self,
+        handle: &str,
+        path: &str,
+        out: W,
+    ) -> Result<W> {
+        self.inner.record(handle)?;
+        let rootfs = self.inner.dir(handle).rootfs();
+        let path = PathBuf::from(path);
+        tokio::task::spawn_blocking(move || {
+            let mut out = out;
+            archive::archive_from_root(&rootfs, &path, &mut out)?;
+            Ok(out)
+        })
+        .await?
+    }
+}

@@ -1,0 +1,263 @@
+//! Root filesystems of containers: a shared, read-only stack layer under a writable layer of
+//! their own whose size the kernel limits.
+//!
+//! The writable layers live in a btrfs filesystem on a loop-mounted file in the data dir (this
+//! kernel has no ext4/XFS project quotas; btrfs qgroups work): one subvolume per container with
+//! a qgroup limit, holding overlayfs's `upper` and `work` dirs. The stack is mounted idmapped
+//! (see [`crate::idmap`]) as the overlay's lower layer, so one unshifted copy serves every
+//! container whatever its uid range.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bundle::IdRange;
+use crate::idmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("`{command}` failed: {stderr}; is btrfs-progs installed (deploy/setup)?")]
+    Command { command: String, stderr: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeError + 'a {
+    move |source| VolumeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The btrfs store holding every container's writable layer.
+#[derive(Debug, Clone)]
+pub struct VolumeStore {
+    image: PathBuf,
+    mountpoint: PathBuf,
+    size_bytes: u64,
+}
+
+/// Where a container's layers are mounted on the host.
+#[derive(Debug, Clone)]
+pub struct VolumePaths {
+    /// The idmapped, read-only view of the stack.
+    pub lower: PathBuf,
+    /// The merged root filesystem the container runs on.
+    pub rootfs: PathBuf,
+}
+
+impl VolumeStore {
+    /// Opens the store at `<data_dir>/store`, making and mounting it on first use.
+    pub fn open(data_dir: &Path, size_bytes: u64) -> Result<Self, VolumeError> {
+        let store = VolumeStore {
+            image: data_dir.join("store.img"),
+            mountpoint: data_dir.join("store"),
+            size_bytes,
+        };
+        if is_mountpoint(&store.mountpoint) {
+            return Ok(store);
+        }
+        std::fs::create_dir_all(&store.mountpoint)
+            .map_err(io_err("create directory", &store.mountpoint))?;
+        if !store.image.exists() {
+            let file = std::fs::File::create(&store.image)
+                .map_err(io_err("create store image", &store.image))?;
+            file.set_len(size_bytes)
+                .map_err(io_err("size store image", &store.image))?;
+            run(Command::new("mkfs.btrfs").arg("-q").arg(&store.image))?;
+        }
+        run(Command::new("mount")
+            .args(["-t", "btrfs", "-o", "loop,noatime"])
+            .arg(&store.image)
+            .arg(&store.mountpoint))?;
+        run(Command::new("btrfs")
+            .args(["quota", "enable"])
+            .arg(&store.mountpoint))?;
+        Ok(store)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn subvolume(&self, handle: &str) -> PathBuf {
+        self.mountpoint.join(handle)
+    }
+
+    /// Makes the root filesystem of a container: a subvolume limited to `disk_bytes`, the
+    /// idmapped stack at `paths.lower`, and the overlay at `paths.rootfs`.
+    pub fn create(
+        &self,
+        handle: &str,
+        stack_rootfs: &Path,
+        ids: IdRange,
+        disk_bytes: u64,
+        paths: &VolumePaths,
+    ) -> Result<(), VolumeError> {
+        let subvolume = self.subvolume(handle);
+        run(Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&subvolume))?;
+        run(Command::new("btrfs")
+            .args(["qgroup", "limit", &disk_bytes.to_string()])
+            .arg(&subvolume))?;
+        let upper = subvolume.join("upper");
+        let work = subvolume.join("work");
+        for dir in [&upper, &work, &paths.lower, &paths.rootfs] {
+            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        // The overlay's root directory takes its owner from the upper layer: container root.
+        std::os::unix::fs::chown(&upper, Some(ids.host_base), Some(ids.host_base))
+            .map_err(io_err("chown", &upper))?;
+        idmap::mount_idmapped(stack_rootfs, &paths.lower, ids)
+            .map_err(io_err("idmapped mount of the stack at", &paths.lower))?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            paths.lower.display(),
+            upper.display(),
+            work.display()
+        );
+        mount_overlay(&paths.rootfs, &options).map_err(io_err("mount overlay at", &paths.rootfs))
+    }
+
+    /// Undoes [`VolumeStore::create`], whatever part of it was done. Safe to call twice.
+    pub fn destroy(&self, handle: &str, paths: &VolumePaths) -> Result<(), VolumeError> {
+        for mountpoint in [&paths.rootfs, &paths.lower] {
+            unmount(mountpoint).map_err(io_err("unmount", mountpoint))?;
+        }
+        let subvolume = self.subvolume(handle);
+        if subvolume.exists() {
+            let qgroup = qgroup_id(&subvolume);
+            run(Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(&subvolume))?;
+            if let Some(id) = qgroup {
+                // Forget the accounting group too; it can linger while the kernel cleans up.
+                let _ = Command::new("btrfs")
+                    .args(["qgroup", "destroy", &id])
+                    .arg(&self.mountpoint)
+                    .output();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written by the container, as its qgroup counts them.
+    pub fn disk_usage(&self, handle: &str) -> Result<u64, VolumeError> {
+        let subvolume = self.subvolume(handle);
+        let Some(id) = qgroup_id(&subvolume) else {
+            return Ok(0);
+        };
+        let out = run(Command::new("btrfs")
+            .args(["qgroup", "show", "--raw", "--sync"])
+            .arg(&self.mountpoint))?;
+        Ok(out
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split_whitespace();
+                (cols.next() == Some(id.as_str())).then(|| cols.next())?
+            })
+            .find_map(|referenced| referenced.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Unmounts the store (the loop device goes with it). Containers must be gone first.
+    pub fn unmount(&self) -> Result<(), VolumeError> {
+        unmount(&self.mountpoint).map_err(io_err("unmount", &self.mountpoint))
+    }
+}
+
+/// The qgroup (`0/<subvolume id>`) of a subvolume.
+fn qgroup_id(subvolume: &Path) -> Option<String> {
+    let out = Command::new("btrfs")
+        .args(["inspect-internal", "rootid"])
+        .arg(subvolume)
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !id.is_empty()).then(|| format!("0/{id}"))
+}
+
+fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
+    let target_c = CString::new(target.as_os_str().as_bytes())?;
+    let options_c = CString::new(options)?;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target_c.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            options_c.as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unmounts every mount stacked at `target`; nothing mounted there is fine.
+pub(crate) fn unmount(target: &Path) -> io::Result<()> {
+    let target_c = CString::new(target.as_os_str().as_bytes())?;
+    while is_mountpoint(target) {
+        // SAFETY: valid NUL-terminated path; the result is checked.
+        if unsafe { libc::umount2(target_c.as_ptr(), 0) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBUSY) {
+                return Err(err);
+            }
+            // Still busy (a process is leaving): detach it; the kernel frees it when idle.
+            // SAFETY: as above.
+            if unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether something is mounted exactly at `path`.
+pub(crate) fn is_mountpoint(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    mountinfo.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+    })
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn run(cmd: &mut Command) -> Result<String, VolumeError> {
+    let describe = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| VolumeError::Command {
+        command: describe.clone(),
+        stderr: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(VolumeError::Command {
+            command: describe,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

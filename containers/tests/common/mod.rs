@@ -1,0 +1,169 @@
+//! Shared set-up of the integration tests: a real backend on runc per test, with its own data
+//! dir, address pool, port range and uid range, destroyed with everything it made on drop.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use kiln_containers::{Backend, Config, ContainerSpec, Limits, ProcessExit, ProcessSpec, Recovery};
+use tokio::io::AsyncReadExt;
+
+/// The tiny stack's OCI layout, built once per test binary.
+pub fn tiny_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-{}", std::process::id()));
+        kiln_rootfs::recipes::build_tiny(&dir).expect("build the tiny stack");
+        dir
+    })
+}
+
+pub fn stacks_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stacks")
+}
+
+/// A backend of its own for test number `index` (unique per test in the whole suite).
+pub struct TestBackend {
+    pub backend: Backend,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+pub fn config_for(index: u8, data_dir: &Path) -> Config {
+    assert!(
+        unsafe_is_root(),
+        "the container integration tests need root (runc, mounts, namespaces, iptables)"
+    );
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        stacks_dir: stacks_dir(),
+        network_pool: format!("10.244.{index}.0/26"),
+        port_range_start: 40000 + u16::from(index) * 20,
+        port_range_size: 20,
+        uid_range_start: (1 << 28) + u32::from(index) * (16 << 16),
+        store_size_bytes: 2 << 30,
+        max_containers: 16,
+        recovery: Recovery::Destroy,
+        ..Config::default()
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl TestBackend {
+    pub async fn new(index: u8) -> TestBackend {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config_for(index, &dir.path().join("data"));
+        let backend = Backend::new(config.clone()).await.expect("backend starts");
+        backend
+            .import_stack(tiny_layout(), "tiny")
+            .await
+            .expect("import tiny");
+        TestBackend {
+            backend,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// A container on the tiny stack with default limits.
+    pub async fn container(&self, handle: &str) -> kiln_containers::ContainerInfo {
+        self.backend
+            .create(spec(handle))
+            .await
+            .unwrap_or_else(|e| panic!("create {handle}: {e}"))
+    }
+
+    /// Runs `sh -c script` as `user` and returns (exit, stdout, stderr).
+    pub async fn sh(&self, handle: &str, user: &str, script: &str) -> (ProcessExit, String, String) {
+        run(&self.backend, handle, ProcessSpec::new("/bin/sh", &["-c", script]).user(user)).await
+    }
+}
+
+pub async fn run(backend: &Backend, handle: &str, spec: ProcessSpec) -> (ProcessExit, String, String) {
+    let mut p = backend.run(handle, spec).await.expect("run");
+    let mut out = p.take_stdout().expect("stdout");
+    let mut err = p.take_stderr().expect("stderr");
+    let (mut o, mut e) = (String::new(), String::new());
+    let (r1, r2) = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+    r1.expect("read stdout");
+    r2.expect("read stderr");
+    let exit = p.wait().await.expect("wait");
+    (exit, o, e)
+}
+
+pub fn spec(handle: &str) -> ContainerSpec {
+    ContainerSpec {
+        handle: handle.to_string(),
+        stack: "tiny".to_string(),
+        limits: Limits::default(),
+        ..ContainerSpec::default()
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Err(e) = Backend::destroy_all(&self.config) {
+            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        }
+    }
+}
+
+/// What a backend could leave on the machine, described; empty when nothing is left.
+pub fn leftovers(config: &Config, tag: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(config.data_dir.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    let ids = String::from_utf8_lossy(&runc.stdout).trim().to_string();
+    if !ids.is_empty() {
+        found.push(format!("runc containers: {ids}"));
+    }
+    let data = config.data_dir.to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for line in mounts.lines() {
+        if let Some(mp) = line.split(' ').nth(4) {
+            if mp.starts_with(&data) && mp != format!("{data}/store") {
+                found.push(format!("mount {mp}"));
+            }
+        }
+    }
+    for link in std::fs::read_dir("/sys/class/net").expect("net").flatten() {
+        let name = link.file_name().to_string_lossy().to_string();
+        if name.starts_with(&format!("kl{tag}")) {
+            found.push(format!("veth {name}"));
+        }
+    }
+    let saved = std::process::Command::new("iptables-save").output().expect("iptables-save");
+    for line in String::from_utf8_lossy(&saved.stdout).lines() {
+        if line.contains(&format!("KILN-{tag}")) {
+            found.push(format!("iptables: {line}"));
+        }
+    }
+    for ctrl in ["memory", "pids", "cpu", "devices"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("kiln").join(tag);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                found.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    found
+}
+
+/// The address of the host's first non-loopback IPv4 interface, if any.
+pub fn host_address() -> Option<Ipv4Addr> {
+    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let cidr = l.split_whitespace().nth(3)?;
+        if l.contains(" kl") { return None; }
+        cidr.split('/').next()?.parse().ok()
+    })
+}

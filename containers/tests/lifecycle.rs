@@ -1,0 +1,82 @@
+//! Create, run, stop and destroy on real runc; typed errors for bad specs; nothing left behind.
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use kiln_containers::{ContainerState, Error, Limits, NetIn};
+
+#[tokio::test]
+async fn a_container_runs_processes_and_destroy_leaves_nothing() {
+    let t = TestBackend::new(1).await;
+    let mut s = spec("life");
+    s.properties = BTreeMap::from([("app".to_string(), "a1".to_string())]);
+    let info = t.backend.create(s).await.expect("create");
+    assert_eq!(info.state, ContainerState::Active);
+    assert_eq!(info.container_ip.octets()[..3], [10, 244, 1]);
+
+    let (exit, out, _) = t.sh("life", "vcap", "id -u; id -g; pwd; echo $HOME").await;
+    assert_eq!(exit.code, 0);
+    assert_eq!(out, "2000\n2000\n/home/vcap\n/home/vcap\n");
+    let (exit, out, _) = t.sh("life", "root", "id -u; cat /etc/hostname").await;
+    assert_eq!((exit.code, out.as_str()), (0, "0\nlife\n"));
+
+    assert_eq!(t.backend.list(&BTreeMap::from([("app".into(), "a1".into())])), vec!["life"]);
+    assert!(t.backend.list(&BTreeMap::from([("app".into(), "other".into())])).is_empty());
+    let metrics = t.backend.metrics("life").await.expect("metrics");
+    assert!(metrics.cpu_time_ns > 0, "{metrics:?}");
+    assert!(metrics.memory_bytes > 0, "{metrics:?}");
+    assert!(t.backend.capacity().max_containers >= 1);
+
+    t.backend.stop("life", Duration::from_secs(5)).await.expect("stop");
+    assert_eq!(t.backend.info("life").expect("info").state, ContainerState::Stopped);
+    assert!(matches!(
+        t.backend.run("life", kiln_containers::ProcessSpec::new("/bin/true", &[])).await,
+        Err(Error::NotActive { .. })
+    ));
+
+    t.backend.destroy("life").await.expect("destroy");
+    assert!(matches!(t.backend.info("life"), Err(Error::NotFound(_))));
+    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert!(matches!(t.backend.destroy("life").await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn bad_specs_get_typed_errors_and_reserve_nothing() {
+    let t = TestBackend::new(2).await;
+    let mut s = spec("bad");
+    s.stack = "no-such-stack".into();
+    let err = t.backend.create(s).await.expect_err("unknown stack");
+    assert!(matches!(err, Error::UnknownStack { .. }), "{err}");
+    assert!(err.to_string().contains("tiny"), "names the known stacks: {err}");
+
+    for limits in [
+        Limits { memory_bytes: 1024, ..Limits::default() },
+        Limits { pids: 0, ..Limits::default() },
+        Limits { cpu_shares: 0, ..Limits::default() },
+        Limits { disk_bytes: 10, ..Limits::default() },
+    ] {
+        let mut s = spec("bad");
+        s.limits = limits;
+        assert!(matches!(t.backend.create(s).await, Err(Error::InvalidLimits(_))));
+    }
+    for handle in ["", "../x", "a/b", ".hidden"] {
+        assert!(matches!(
+            t.backend.create(spec(handle)).await,
+            Err(Error::InvalidHandle { .. })
+        ));
+    }
+
+    t.container("taken").await;
+    assert!(matches!(t.backend.create(spec("taken")).await, Err(Error::HandleTaken(_))));
+
+    let listener = std::net::TcpListener::bind(("0.0.0.0", t.config.port_range_start)).expect("bind");
+    let mut s = spec("port");
+    s.net_in = vec![NetIn { host_port: Some(t.config.port_range_start), container_port: 8080 }];
+    assert!(matches!(t.backend.create(s).await, Err(Error::PortInUse(_))));
+    drop(listener);
+    assert_eq!(t.backend.list(&BTreeMap::new()), vec!["taken"]);
+    t.backend.destroy("taken").await.expect("destroy");
+    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+}

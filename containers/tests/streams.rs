@@ -1,0 +1,101 @@
+//! StreamIn and StreamOut through the backend: round trips, hostile tars refused by name, and
+//! symlinks planted in the container never leading to host files.
+mod common;
+
+use std::io::{Cursor, Read};
+
+use common::*;
+
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, *body).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+fn raw_entry(name: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+    let mut h = tar::Header::new_old();
+    {
+        let bytes = h.as_old_mut();
+        bytes.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            bytes.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+    }
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[tokio::test]
+async fn files_round_trip_and_hostile_tars_are_refused() {
+    let t = TestBackend::new(12).await;
+    t.container("s").await;
+    t.backend
+        .stream_in("s", "/home/vcap/app", None, Cursor::new(tar_of(&[("hello.txt", b"hi there"), ("sub/x", b"x")])))
+        .await
+        .expect("stream in");
+    let (exit, out, _) = t.sh("s", "vcap", "cat /home/vcap/app/hello.txt; stat -c %u /home/vcap/app/sub/x").await;
+    assert_eq!((exit.code, out.as_str()), (0, "hi there2000\n"));
+
+    let tar = t.backend.stream_out("s", "/home/vcap/app", Vec::new()).await.expect("stream out");
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(Cursor::new(tar));
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").to_string_lossy().to_string();
+        if name.ends_with("hello.txt") {
+            let mut body = String::new();
+            entry.read_to_string(&mut body).expect("read");
+            assert_eq!(body, "hi there");
+        }
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n.ends_with("sub/x")), "{names:?}");
+
+    let outside = t.config.data_dir.parent().expect("parent").join("outside-sentinel");
+    std::fs::write(&outside, "untouched").expect("sentinel");
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("../../evil", raw_entry("../../evil", tar::EntryType::Regular, None)),
+        ("/etc/evil", raw_entry("/etc/evil", tar::EntryType::Regular, None)),
+        ("link", raw_entry("link", tar::EntryType::Symlink, Some("/etc"))),
+        ("hard", raw_entry("hard", tar::EntryType::Link, Some("../../../../etc/shadow"))),
+    ];
+    for (name, tar) in hostile {
+        let err = t.backend.stream_in("s", "/home/vcap/app", None, Cursor::new(tar)).await.expect_err(name);
+        assert!(err.to_string().contains(name), "error does not name {name}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&outside).expect("sentinel"), "untouched");
+}
+
+#[tokio::test]
+async fn symlinks_planted_in_the_container_never_reach_host_files() {
+    let t = TestBackend::new(13).await;
+    t.container("planted").await;
+    let (exit, _, _) = t
+        .sh("planted", "vcap", "ln -s /etc/shadow /tmp/shadow-link; ln -s / /tmp/rootlink; mkdir -p /home/vcap/x; ln -s /etc /home/vcap/x/etc")
+        .await;
+    assert_eq!(exit.code, 0);
+    let host_shadow = std::fs::read("/etc/shadow").unwrap_or_default();
+    for path in ["/tmp/shadow-link", "/tmp/rootlink/etc/shadow"] {
+        match t.backend.stream_out("planted", path, Vec::new()).await {
+            Ok(tar) => assert!(
+                host_shadow.is_empty() || !tar.windows(host_shadow.len().min(32)).any(|w| w == &host_shadow[..host_shadow.len().min(32)]),
+                "{path} streamed out the host's shadow"
+            ),
+            Err(e) => assert!(e.to_string().contains("shadow") || e.to_string().contains("not"), "{e}"),
+        }
+    }
+    // Streaming in through a planted symlink writes inside the container, never on the host.
+    let marker = format!("kiln-planted-{}", std::process::id());
+    let _ = t.backend.stream_in("planted", "/home/vcap/x/etc", None, Cursor::new(tar_of(&[(&marker, b"x")]))).await;
+    assert!(!std::path::Path::new("/etc").join(&marker).exists(), "wrote into the host's /etc");
+}
