@@ -27,8 +27,9 @@ use super::{check_symlink_target, entry_components, ArchiveError, ExtractOptions
 const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
-/// Extracts `tar` into `target`, a path INSIDE `root` (e.g. `/home/vcap/app`), creating it if
-/// missing.
+/// Extracts `tar` into `target`, a path INSIDE `root` (e.g. `/home/vcap/app`; a leading `/` is
+/// optional, `..` is refused), creating it if missing. `target` is resolved as the container
+/// would see it: symlinks along it are followed, but only inside `root`.
 ///
 /// Refused with [`ArchiveError::HostileEntry`] (naming the entry, before anything is written for
 /// it): a name with a `..` component; an absolute name (unless
