@@ -44,6 +44,14 @@ pub enum Error {
     #[error("unknown user {user:?} in container {handle:?}: not in its /etc/passwd")]
     UnknownUser { handle: String, user: String },
 
+    #[error("cannot start {path:?} ({step}): {source}")]
+    ProcessStart {
+        path: String,
+        /// fork, exec, ...
+        step: String,
+        source: std::io::Error,
+    },
+
     #[error("container {handle:?} is {state}, not active")]
     NotActive { handle: String, state: String },
 

@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod config;
 pub mod error;
 pub mod idmap;
+pub mod init_channel;
 pub mod network;
 pub mod runtime;
 pub mod spec;

@@ -117,27 +117,33 @@ impl Runc {
         }
     }
 
-    /// `runc create`: sets the container up with its init waiting to be started.
-    ///
-    /// The init inherits runc's stdio, so runc gets /dev/null (nothing of ours reaches into the
-    /// container, and no pipe is held open by it) and reports errors through `log`.
-    pub fn create(&self, id: &str, bundle: &Path, pid_file: &Path) -> Result<(), RuntimeError> {
-        let log = bundle.join("runc-create.log");
+    /// `runc run --detach`: creates the container and starts its init, whose stdin is
+    /// `init_stdin` (the init channel) and whose stdout and stderr are /dev/null: nothing else
+    /// of ours reaches into the container, and no pipe of ours is held open by it. runc
+    /// reports errors through its log file in the bundle.
+    pub fn run_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        init_stdin: Stdio,
+    ) -> Result<(), RuntimeError> {
+        let log = bundle.join("runc.log");
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--log")
             .arg(&log)
-            .args(["--log-format", "json", "create", "--bundle"])
+            .args(["--log-format", "json", "run", "--detach", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id)
-            .stdin(Stdio::null())
+            .stdin(init_stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let status = cmd.status().map_err(|source| RuntimeError::Io {
-            op: "create",
+            op: "run",
             id: id.to_string(),
             source,
         })?;
@@ -145,16 +151,11 @@ impl Runc {
             return Ok(());
         }
         Err(RuntimeError::Failed {
-            op: "create",
+            op: "run",
             id: id.to_string(),
             status: status.to_string(),
             stderr: log_errors(&log),
         })
-    }
-
-    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run("start", id, self.command().args(["start", id]))
-            .map(drop)
     }
 
     /// Sends `signal` (a name like `TERM`) to every process of the container.
@@ -164,6 +165,8 @@ impl Runc {
     }
 
     /// Forgets the container, killing what still runs in it. Absent containers are fine.
+    /// Kill the container's init first when you can: `--force` on a running container makes
+    /// runc wait 100 ms after its SIGKILL.
     pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         match self.run("delete", id, self.command().args(["delete", "--force", id])) {
             Ok(_) => Ok(()),

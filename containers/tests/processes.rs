@@ -53,12 +53,12 @@ async fn signals_reach_the_process_and_timeouts_kill_it() {
     let mut out = BufReader::new(p.take_stdout().expect("stdout")).lines();
     assert_eq!(out.next_line().await.expect("read").as_deref(), Some("ready"));
     assert_eq!(t.backend.info("sig").expect("info").processes, vec![p.id().to_string()]);
-    p.signal(libc::SIGTERM).expect("signal");
+    p.signal(libc::SIGTERM).await.expect("signal");
     assert_eq!(out.next_line().await.expect("read").as_deref(), Some("got-term"));
     assert_eq!(p.wait().await.expect("wait").code, 3);
 
     let mut p = t.backend.run("sig", ProcessSpec::new("/bin/sleep", &["100"])).await.expect("run");
-    p.signal(libc::SIGKILL).expect("kill");
+    p.signal(libc::SIGKILL).await.expect("kill");
     assert_eq!(p.wait().await.expect("wait").code, 128 + libc::SIGKILL);
 
     let started = Instant::now();

@@ -6,12 +6,16 @@ use std::io::Cursor;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+
 use kiln_rootfs::archive::{self, ExtractOptions};
 use tracing::{info, info_span, warn};
 
 use super::{Backend, Entry, Inner};
 use crate::bundle::{self, ContainerBundle};
 use crate::error::{Error, Result};
+use crate::init_channel::{socketpair, InitChannel};
 use crate::network;
 use crate::runtime::RuncStatus;
 use crate::spec::{ContainerSpec, ContainerState, PortMapping};
@@ -51,9 +55,9 @@ impl Backend {
             let started = Instant::now();
             let mut record = record;
             match inner.build(&mut record, &stack_rootfs) {
-                Ok(()) => {
+                Ok(init_channel) => {
                     info!(elapsed_ms = started.elapsed().as_millis() as u64, "container.created");
-                    Ok(record)
+                    Ok((record, init_channel))
                 }
                 Err(source) => {
                     warn!(error = %source, "container.create-failed");
@@ -69,11 +73,17 @@ impl Backend {
         .await
         .map_err(Error::from)
         .and_then(|r| r);
+        let result = result.and_then(|(record, fd)| {
+            let channel = InitChannel::start(fd)
+                .map_err(|e| Error::io("watch the init channel", &handle, e))?;
+            Ok((record, channel))
+        });
         let mut table = self.inner.table();
         match result {
-            Ok(record) => {
+            Ok((record, channel)) => {
                 if let Some(entry) = table.containers.get_mut(&handle) {
                     entry.record = record;
+                    entry.channel = Some(channel);
                 }
                 drop(table);
                 self.info(&handle)
@@ -133,13 +143,15 @@ impl Inner {
             Entry {
                 record: record.clone(),
                 processes: Default::default(),
+                channel: None,
             },
         );
         Ok(record)
     }
 
     /// Makes everything the container needs, recording progress in its state file first.
-    fn build(&self, record: &mut ContainerRecord, stack_rootfs: &Path) -> Result<()> {
+    /// Returns the backend's end of the channel to the container's init.
+    fn build(&self, record: &mut ContainerRecord, stack_rootfs: &Path) -> Result<OwnedFd> {
         let handle = record.spec.handle.clone();
         let dir = self.dir(&handle);
         std::fs::create_dir_all(dir.processes())
@@ -173,7 +185,10 @@ impl Inner {
         bundle::write_json(&dir.path().join("config.json"), &spec)
             .map_err(|e| Error::InvalidSpec(e.to_string()))?;
 
-        self.runc.create(&handle, dir.path(), &dir.init_pid())?;
+        let (ours, init_end) =
+            socketpair().map_err(|e| Error::io("make the init channel", dir.path(), e))?;
+        self.runc
+            .run_detached(&handle, dir.path(), &dir.init_pid(), Stdio::from(init_end))?;
         let pid = read_pid(&dir.init_pid())?;
         let chains = self.chains(record);
         network::setup_veth(pid, &chains.host_veth, self.pool.subnet(record.slot))?;
@@ -185,10 +200,10 @@ impl Inner {
             rules.push_str(&chains.net_out(rule)?);
         }
         network::iptables_restore(&rules)?;
-        self.runc.start(&handle)?;
 
         record.state = ContainerState::Active;
-        dir.save(record)
+        dir.save(record)?;
+        Ok(ours)
     }
 
     /// Removes everything a container may hold, in reverse order of creation. Every step
@@ -196,12 +211,16 @@ impl Inner {
     pub(super) fn teardown(&self, record: &ContainerRecord) -> Result<()> {
         let handle = &record.spec.handle;
         let _span = info_span!("destroy", handle = %handle).entered();
+        let dir = self.dir(handle);
+        kill_init(&dir.init_pid(), &self.cgroups_path(handle));
         self.runc.delete(handle)?;
         let chains = self.chains(record);
         network::delete_veth(&chains.host_veth)?;
-        network::iptables_restore(&chains.delete(&network::iptables_save()?))?;
+        // The rules as created; should some be missing, delete whatever is left by name.
+        if network::iptables_restore(&chains.delete_created()).is_err() {
+            network::iptables_restore(&chains.delete(&network::iptables_save()?))?;
+        }
         self.volumes.destroy(handle, &self.volume_paths(handle))?;
-        let dir = self.dir(handle);
         if dir.path().exists() {
             std::fs::remove_dir_all(dir.path())
                 .map_err(|e| Error::io("remove container directory", dir.path(), e))?;
@@ -342,6 +361,32 @@ fn write_etc(rootfs: &Path, handle: &str, record: &ContainerRecord) -> Result<()
     };
     archive::extract_in_root(rootfs, Path::new("/etc"), Cursor::new(tar), &options)?;
     Ok(())
+}
+
+/// SIGKILLs the container's init (and so everything in its pid namespace) and waits until it
+/// is gone, so that `runc delete` finds a stopped container. The pid is only trusted if the
+/// process is still in the container's cgroup.
+fn kill_init(pid_file: &Path, cgroups_path: &str) {
+    let Ok(pid) = read_pid(pid_file) else {
+        return;
+    };
+    let in_container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.ends_with(cgroups_path)));
+    if !in_container {
+        return;
+    }
+    // SAFETY: kill(2) of a pid checked above to be this container's init.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => {
+                return
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
 }
 
 fn read_pid(path: &Path) -> Result<u32> {

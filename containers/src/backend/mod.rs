@@ -62,8 +62,10 @@ struct Table {
 #[derive(Debug)]
 struct Entry {
     record: ContainerRecord,
-    /// Processes started with `run` that have not exited: id -> pid of their `runc exec`.
+    /// Processes started with `run` that have not exited, by id.
     processes: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// The channel to the container's init; `None` for a container adopted after a restart.
+    channel: Option<Arc<crate::init_channel::InitChannel>>,
 }
 
 impl Backend {
@@ -285,6 +287,7 @@ impl Backend {
                     Entry {
                         record: record.clone(),
                         processes: Default::default(),
+                        channel: None,
                     },
                 );
             }

@@ -1,18 +1,26 @@
-//! Running processes in a container: `runc exec` in the foreground, its stdout and stderr
-//! streamed separately as they are written, its exit (OOM kill and timeout included) reported.
+//! Running processes in a container, their stdout and stderr streamed separately as they are
+//! written, their exit (OOM kill and timeout included) reported.
+//!
+//! Processes are started by the container's `kiln-init` over its channel (a fork and exec in
+//! the container, see [`crate::init_channel`]). A container adopted after a backend restart has
+//! no channel any more; its processes are started with `runc exec` instead.
 
 use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::watch;
+use tokio::net::unix::pipe;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use super::{lock, Backend};
+use super::{lock, Backend, Inner};
 use crate::bundle::{self, ExecProcess};
 use crate::error::{Error, Result};
+use crate::init_channel::{InitChannel, RunRequest, Started};
 use crate::runtime::RuntimeError;
 use crate::spec::{ContainerState, ProcessExit, ProcessSpec};
 use crate::state::ContainerRecord;
@@ -23,14 +31,19 @@ static NEXT_PROCESS: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct Process {
     id: String,
-    stdin: Option<ChildStdin>,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdin: Option<pipe::Sender>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     exit: watch::Receiver<Option<ProcessExit>>,
-    /// Pid of our `runc exec` child, which forwards signals to the process.
-    runc_pid: u32,
-    /// Where runc writes the process's own host pid (for SIGKILL, which runc cannot forward).
-    pid_file: PathBuf,
+    signals: Signals,
+}
+
+/// How signals reach the process.
+#[derive(Debug, Clone)]
+enum Signals {
+    Init(Arc<InitChannel>),
+    /// `runc exec`: our child forwards signals; SIGKILL goes to the pid in `pid_file`.
+    Runc { runc_pid: u32, pid_file: PathBuf },
 }
 
 impl Process {
@@ -39,28 +52,26 @@ impl Process {
     }
 
     /// The process's stdin; dropping it closes the process's input.
-    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+    pub fn take_stdin(&mut self) -> Option<pipe::Sender> {
         self.stdin.take()
     }
 
     /// The process's stdout, readable as it is written.
-    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+    pub fn take_stdout(&mut self) -> Option<pipe::Receiver> {
         self.stdout.take()
     }
 
-    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+    pub fn take_stderr(&mut self) -> Option<pipe::Receiver> {
         self.stderr.take()
     }
 
     /// Waits for the process to end. Output not taken is discarded.
     pub async fn wait(&mut self) -> Result<ProcessExit> {
         // Drain untaken pipes so a chatty process never blocks on a full pipe.
-        if let Some(stdout) = self.stdout.take() {
-            tokio::spawn(drain(stdout));
+        for reader in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
+            tokio::spawn(drain(reader));
         }
-        if let Some(stderr) = self.stderr.take() {
-            tokio::spawn(drain(stderr));
-        }
+        self.stdin.take();
         let exit = self
             .exit
             .wait_for(|e| e.is_some())
@@ -71,49 +82,58 @@ impl Process {
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process. Signalling an ended process does
     /// nothing.
-    pub fn signal(&self, signal: i32) -> Result<()> {
+    pub async fn signal(&self, signal: i32) -> Result<()> {
         if self.exit.borrow().is_some() {
             return Ok(());
         }
-        let target = if signal == libc::SIGKILL {
-            // runc cannot forward SIGKILL: kill the process itself, then runc exits with it.
-            match std::fs::read_to_string(&self.pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                Some(pid) => pid,
-                None => self.runc_pid as i32,
-            }
-        } else {
-            self.runc_pid as i32
-        };
-        // SAFETY: plain kill(2) on a pid we started (runc exec, our unreaped child) or that
-        // runc reported for it.
-        if unsafe { libc::kill(target, signal) } != 0 {
-            return Err(Error::io(
-                "signal process",
-                &self.pid_file,
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        send_signal(&self.signals, &self.id, signal).await
     }
 }
 
-async fn drain<R: tokio::io::AsyncRead + Unpin>(mut r: R) {
+async fn send_signal(signals: &Signals, id: &str, signal: i32) -> Result<()> {
+    match signals {
+        Signals::Init(channel) => channel
+            .kill(id, signal)
+            .await
+            .map_err(|e| Error::io("signal process", id, e)),
+        Signals::Runc { runc_pid, pid_file } => {
+            let target = if signal == libc::SIGKILL {
+                // runc cannot forward SIGKILL: kill the process itself, then runc exits too.
+                read_pid(pid_file).unwrap_or(*runc_pid as i32)
+            } else {
+                *runc_pid as i32
+            };
+            // SAFETY: kill(2) on our own unreaped child, or the pid runc reported for it.
+            if unsafe { libc::kill(target, signal) } != 0 {
+                return Err(Error::io(
+                    "signal process",
+                    pid_file,
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn drain(mut r: pipe::Receiver) {
     let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
 }
 
 impl Backend {
     /// Starts `process` in the container.
     pub async fn run(&self, handle: &str, process: ProcessSpec) -> Result<Process> {
-        let (record, processes) = {
+        let (record, processes, channel) = {
             let table = self.inner.table();
             let entry = table
                 .containers
                 .get(handle)
                 .ok_or_else(|| Error::NotFound(handle.to_string()))?;
-            (entry.record.clone(), entry.processes.clone())
+            (
+                entry.record.clone(),
+                entry.processes.clone(),
+                entry.channel.clone(),
+            )
         };
         if record.state != ContainerState::Active {
             return Err(Error::NotActive {
@@ -122,93 +142,191 @@ impl Backend {
             });
         }
         let id = format!("{handle}-p{}", NEXT_PROCESS.fetch_add(1, Ordering::Relaxed));
-        let dir = self.inner.dir(handle).processes();
-        let spec_file = dir.join(format!("{id}.json"));
-        let pid_file = dir.join(format!("{id}.pid"));
         let exec = exec_process(&record, &process)?;
-        bundle::write_json(&spec_file, &exec.spec().map_err(invalid)?).map_err(invalid)?;
-
-        let oom_counter = self.oom_counter_path(handle);
+        let oom_counter = self.inner.oom_counter_path(handle);
         let ooms_before = read_oom_kills(&oom_counter);
-        let mut cmd = tokio::process::Command::from(self.inner.runc.exec_command(
-            handle,
-            &spec_file,
-            &pid_file,
-        ));
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|source| RuntimeError::Io {
-            op: "exec",
-            id: handle.to_string(),
-            source,
-        })?;
-        let runc_pid = child.id().unwrap_or(0);
-        let (tx, rx) = watch::channel(None);
-        lock(&processes).insert(id.clone(), runc_pid);
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+
+        let (mut process_handle, exited) = match channel {
+            Some(channel) => start_with_init(channel, &id, &exec, &process).await?,
+            None => self.start_with_runc(handle, &id, &exec).await?,
+        };
+        lock(&processes).insert(id.clone(), 0);
         info!(handle, process = %id, path = %process.path, "process.started");
 
+        let (tx, rx) = watch::channel(None);
+        process_handle.exit = rx;
+        let signals = process_handle.signals.clone();
         let timeout = process.timeout;
         let watcher_id = id.clone();
-        let watcher_pid_file = pid_file.clone();
         tokio::spawn(async move {
-            let (status, timed_out) = match timeout {
-                Some(t) => match tokio::time::timeout(t, child.wait()).await {
-                    Ok(status) => (status, false),
-                    Err(_) => {
-                        kill_process(&watcher_pid_file, runc_pid);
-                        (child.wait().await, true)
-                    }
-                },
-                None => (child.wait().await, false),
-            };
-            let code = match status {
-                Ok(s) => s.code().unwrap_or_else(|| {
-                    use std::os::unix::process::ExitStatusExt;
-                    128 + s.signal().unwrap_or(0)
-                }),
-                Err(e) => {
-                    warn!(process = %watcher_id, error = %e, "process.wait-failed");
-                    -1
-                }
-            };
-            let oom_killed = code == 128 + libc::SIGKILL
-                && !timed_out
-                && read_oom_kills(&oom_counter) > ooms_before;
+            let (status, timed_out) = wait_or_kill(exited, timeout, &signals, &watcher_id).await;
+            let oom_killed =
+                status == 128 + libc::SIGKILL && !timed_out && read_oom_kills(&oom_counter) > ooms_before;
             lock(&processes).remove(&watcher_id);
-            let _ = std::fs::remove_file(&spec_file);
-            let _ = std::fs::remove_file(&watcher_pid_file);
-            info!(process = %watcher_id, code, oom_killed, timed_out, "process.exited");
+            if let Signals::Runc { pid_file, .. } = &signals {
+                let _ = std::fs::remove_file(pid_file);
+                let _ = std::fs::remove_file(pid_file.with_extension("json"));
+            }
+            info!(process = %watcher_id, code = status, oom_killed, timed_out, "process.exited");
             let _ = tx.send(Some(ProcessExit {
-                code,
+                code: status,
                 oom_killed,
                 timed_out,
             }));
         });
-
-        Ok(Process {
-            id,
-            stdin,
-            stdout,
-            stderr,
-            exit: rx,
-            runc_pid,
-            pid_file,
-        })
+        Ok(process_handle)
     }
 
+    /// The fallback for adopted containers: `runc exec` in the foreground.
+    async fn start_with_runc(
+        &self,
+        handle: &str,
+        id: &str,
+        exec: &ExecProcess<'_>,
+    ) -> Result<(Process, oneshot::Receiver<i32>)> {
+        let dir = self.inner.dir(handle).processes();
+        let spec_file = dir.join(format!("{id}.json"));
+        let pid_file = dir.join(format!("{id}.pid"));
+        bundle::write_json(&spec_file, &exec.spec().map_err(invalid)?).map_err(invalid)?;
+        let mut cmd =
+            tokio::process::Command::from(self.inner.runc.exec_command(handle, &spec_file, &pid_file));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_err = |source| RuntimeError::Io {
+            op: "exec",
+            id: handle.to_string(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let runc_pid = child.id().unwrap_or(0);
+        let pipes = (|| -> std::io::Result<_> {
+            Ok((
+                child.stdin.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Sender::from_owned_fd).transpose()?,
+                child.stdout.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Receiver::from_owned_fd).transpose()?,
+                child.stderr.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Receiver::from_owned_fd).transpose()?,
+            ))
+        })()
+        .map_err(spawn_err)?;
+        let (exited_tx, exited_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(s) => s.code().unwrap_or_else(|| {
+                    use std::os::unix::process::ExitStatusExt;
+                    128 + s.signal().unwrap_or(0)
+                }),
+                Err(_) => -1,
+            };
+            let _ = exited_tx.send(code);
+        });
+        let (_, placeholder) = watch::channel(None);
+        Ok((
+            Process {
+                id: id.to_string(),
+                stdin: pipes.0,
+                stdout: pipes.1,
+                stderr: pipes.2,
+                exit: placeholder,
+                signals: Signals::Runc { runc_pid, pid_file },
+            },
+            exited_rx,
+        ))
+    }
+}
+
+/// Starts the process through the container's init, with fresh pipes as its stdio.
+async fn start_with_init(
+    channel: Arc<InitChannel>,
+    id: &str,
+    exec: &ExecProcess<'_>,
+    process: &ProcessSpec,
+) -> Result<(Process, oneshot::Receiver<i32>)> {
+    let io_err = |e| Error::io("start process", id, e);
+    let (stdin_read, stdin_write) = pipe_pair().map_err(io_err)?;
+    let (stdout_read, stdout_write) = pipe_pair().map_err(io_err)?;
+    let (stderr_read, stderr_write) = pipe_pair().map_err(io_err)?;
+    let rlimits = exec
+        .rlimits
+        .iter()
+        .map(|r| Ok((bundle::rlimit_number(&r.kind).map_err(invalid)?, r.soft, r.hard)))
+        .collect::<Result<Vec<_>>>()?;
+    let request = RunRequest {
+        id,
+        uid: exec.uid,
+        gid: exec.gid,
+        cwd: &exec.cwd,
+        args: &exec.args,
+        env: &exec.env,
+        rlimits: &rlimits,
+    };
+    let (started, exited) = channel
+        .run(&request, [&stdin_read, &stdout_write, &stderr_write])
+        .await
+        .map_err(io_err)?;
+    // The container's ends now live in the process; ours close so EOF reaches the readers.
+    drop((stdin_read, stdout_write, stderr_write));
+    if let Started::Failed { errno, what } = started {
+        return Err(Error::ProcessStart {
+            path: process.path.clone(),
+            step: what,
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    // Exit statuses come back raw from waitpid: turn them into shell-style codes.
+    let (code_tx, code_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = exited.await.unwrap_or(libc::SIGKILL);
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        let _ = code_tx.send(code);
+    });
+    let (_, placeholder) = watch::channel(None);
+    Ok((
+        Process {
+            id: id.to_string(),
+            stdin: Some(pipe::Sender::from_owned_fd(stdin_write).map_err(io_err)?),
+            stdout: Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(io_err)?),
+            stderr: Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(io_err)?),
+            exit: placeholder,
+            signals: Signals::Init(channel),
+        },
+        code_rx,
+    ))
+}
+
+/// Waits for the exit code, killing the process if it overruns `timeout`.
+async fn wait_or_kill(
+    mut exited: oneshot::Receiver<i32>,
+    timeout: Option<Duration>,
+    signals: &Signals,
+    id: &str,
+) -> (i32, bool) {
+    if let Some(t) = timeout {
+        match tokio::time::timeout(t, &mut exited).await {
+            Ok(code) => return (code.unwrap_or(-1), false),
+            Err(_) => {
+                if let Err(e) = send_signal(signals, id, libc::SIGKILL).await {
+                    warn!(process = %id, error = %e, "process.timeout-kill-failed");
+                }
+                return (exited.await.unwrap_or(-1), true);
+            }
+        }
+    }
+    (exited.await.unwrap_or(-1), false)
+}
+
+impl Inner {
     fn oom_counter_path(&self, handle: &str) -> PathBuf {
         Path::new("/sys/fs/cgroup/memory")
-            .join(self.inner.cgroups_path(handle).trim_start_matches('/'))
+            .join(self.cgroups_path(handle).trim_start_matches('/'))
             .join("memory.oom_control")
     }
 }
 
-/// The `runc exec` process for `process`: user resolved, env merged, defaults filled in.
+/// The process as it will be run: user resolved, env merged, defaults filled in.
 fn exec_process<'a>(record: &ContainerRecord, process: &'a ProcessSpec) -> Result<ExecProcess<'a>> {
     let handle = &record.spec.handle;
     let user_name = process.user.as_deref().unwrap_or("vcap");
@@ -260,16 +378,19 @@ fn exec_process<'a>(record: &ContainerRecord, process: &'a ProcessSpec) -> Resul
     })
 }
 
-fn kill_process(pid_file: &Path, runc_pid: u32) {
-    if let Some(pid) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // SAFETY: kill(2) on the pid runc reported for the process.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+/// A pipe (read end, write end), both close-on-exec.
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(runc_pid as i32, libc::SIGKILL) };
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The `oom_kill` count of a memory cgroup (cgroup v1 `memory.oom_control`).

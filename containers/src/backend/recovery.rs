@@ -47,6 +47,7 @@ impl Inner {
                     Entry {
                         record,
                         processes: Default::default(),
+                        channel: None,
                     },
                 );
             } else {

@@ -99,7 +99,9 @@ impl ContainerBundle<'_> {
             .build()?)
     }
 
-    /// pid 1: `kiln-init`, as container root with no capability in effect.
+    /// pid 1: `kiln-init`, as container root with the container's capabilities, which the
+    /// processes it starts inherit (and lose when they drop to another user). Its rlimits are
+    /// the defaults of every process; a process may lower them, not raise them.
     fn init_process(&self) -> Result<Process, BundleError> {
         Ok(ProcessBuilder::default()
             .terminal(false)
@@ -107,7 +109,8 @@ impl ContainerBundle<'_> {
             .args(vec![INIT_PATH.to_string()])
             .env(vec!["PATH=/usr/bin:/bin".to_string()])
             .cwd("/")
-            .capabilities(hardening::capabilities(false)?)
+            .capabilities(hardening::capabilities(true)?)
+            .rlimits(default_rlimits()?)
             .no_new_privileges(true)
             .build()?)
     }
@@ -183,11 +186,7 @@ impl ContainerBundle<'_> {
 impl ExecProcess<'_> {
     /// The process spec for `runc exec --process`.
     pub fn spec(&self) -> Result<Process, BundleError> {
-        let mut rlimits = vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .soft(1024u64)
-            .hard(4096u64)
-            .build()?];
+        let mut rlimits = default_rlimits()?;
         for r in self.rlimits {
             let typ = rlimit_type(&r.kind)?;
             rlimits.retain(|existing| existing.typ() != typ);
@@ -222,6 +221,39 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Bund
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Open files: 1024, raisable to 4096 (by root only).
+fn default_rlimits() -> Result<Vec<oci_spec::runtime::PosixRlimit>, OciSpecError> {
+    Ok(vec![PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(1024u64)
+        .hard(4096u64)
+        .build()?])
+}
+
+/// The kernel's number for an OCI rlimit name, e.g. `RLIMIT_NOFILE` -> 7.
+pub fn rlimit_number(name: &str) -> Result<i32, BundleError> {
+    let number = match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return Err(BundleError::UnknownRlimit(name.to_string())),
+    };
+    Ok(number as i32)
 }
 
 fn namespaces() -> Result<Vec<oci_spec::runtime::LinuxNamespace>, OciSpecError> {

@@ -71,6 +71,40 @@ impl Chains {
         Ok(out)
     }
 
+    /// Deletes the rules and chains [`Chains::create`] made (NetIn and NetOut rules live in the
+    /// chains). Fails if any is missing; then use [`Chains::delete`].
+    pub fn delete_created(&self) -> String {
+        let created = self.create();
+        let mut out = String::new();
+        let mut chains = Vec::new();
+        for line in created.lines() {
+            if let Some(decl) = line.strip_prefix(':') {
+                chains.extend(decl.split_whitespace().next().map(str::to_string));
+            } else if line == "COMMIT" {
+                for chain in chains.drain(..) {
+                    let _ = writeln!(out, "-F {chain}\n-X {chain}");
+                }
+                out.push_str("COMMIT\n");
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                if !rule.starts_with(&format!("{} ", self.filter))
+                    && !rule.starts_with(&format!("{} ", self.nat))
+                {
+                    let _ = writeln!(out, "-D {rule}");
+                }
+            } else if let Some(rule) = line.strip_prefix("-I ") {
+                // "-I CHAIN 1 rest" was inserted; delete "-D CHAIN rest".
+                let mut words = rule.splitn(3, ' ');
+                let (chain, _, rest) = (words.next(), words.next(), words.next());
+                if let (Some(chain), Some(rest)) = (chain, rest) {
+                    let _ = writeln!(out, "-D {chain} {rest}");
+                }
+            } else {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+
     /// Deletes every rule of this container found in `saved` (the output of `iptables-save`),
     /// and its chains. Empty when nothing is left, so calling it twice is harmless.
     pub fn delete(&self, saved: &str) -> String {
@@ -241,6 +275,15 @@ mod tests {
         };
         let err = net_out_matches(&rule).expect_err("bad address");
         assert!(err.to_string().contains("10.0.0.300/8"));
+    }
+
+    #[test]
+    fn delete_created_undoes_create() {
+        let script = chains().delete_created();
+        assert!(script.contains("-D INPUT -i klabc123007h -j KILN-abc123-7\n"), "{script}");
+        assert!(script.contains("-D OUTPUT -m addrtype --dst-type LOCAL -j KILN-abc123-7N\n"));
+        assert!(script.contains("-F KILN-abc123-7N\n-X KILN-abc123-7N\nCOMMIT"));
+        assert!(!script.contains("REJECT"), "rules inside our chains are flushed: {script}");
     }
 
     #[test]
