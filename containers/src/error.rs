@@ -11,7 +11,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown stack {stack:?}: import it first (kiln-rootfs import) or pick one of: {known}")]
+    #[error(
+        "unknown stack {stack:?}: import it first (kiln-rootfs import) or pick one of: {known}"
+    )]
     UnknownStack { stack: String, known: String },
 
     #[error("a container with handle {0:?} already exists")]
@@ -83,7 +85,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    #[error("creating container {handle:?} failed: {source}{}", cleanup_note(cleanup))]
+    #[error(
+        "creating container {handle:?} failed: {source}{}",
+        cleanup_note(cleanup)
+    )]
     CreateFailed {
         handle: String,
         source: Box<Error>,
@@ -103,7 +108,11 @@ fn cleanup_note(cleanup: &Option<Box<Error>>) -> String {
 }
 
 impl Error {
-    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             context,
             path: path.into(),

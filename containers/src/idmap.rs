@@ -100,7 +100,8 @@ fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both fds were just created by pipe2 and are owned here only.
-    let (ready_read, ready_write) = unsafe { (File::from_raw_fd(ready[0]), File::from_raw_fd(ready[1])) };
+    let (ready_read, ready_write) =
+        unsafe { (File::from_raw_fd(ready[0]), File::from_raw_fd(ready[1])) };
     // SAFETY: after fork the child calls only async-signal-safe functions (unshare, write,
     // pause, _exit) and never returns into Rust code.
     let pid = unsafe { libc::fork() };
@@ -110,8 +111,16 @@ fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
     if pid == 0 {
         // SAFETY: async-signal-safe syscalls only, ending in _exit or an endless pause.
         unsafe {
-            let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
-            libc::write(ready_write.as_raw_fd(), &ok as *const u8 as *const libc::c_void, 1);
+            let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                1
+            } else {
+                0
+            };
+            libc::write(
+                ready_write.as_raw_fd(),
+                &ok as *const u8 as *const libc::c_void,
+                1,
+            );
             if ok == 0 {
                 libc::_exit(1);
             }
@@ -125,7 +134,9 @@ fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
         let mut ok = [0u8; 1];
         (&ready_read).read_exact(&mut ok)?;
         if ok[0] != 1 {
-            return Err(io::Error::other("unshare(CLONE_NEWUSER) failed in the helper child"));
+            return Err(io::Error::other(
+                "unshare(CLONE_NEWUSER) failed in the helper child",
+            ));
         }
         let map = format!("0 {} {}\n", ids.host_base, ids.size);
         File::options()

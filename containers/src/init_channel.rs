@@ -18,9 +18,14 @@ use tokio::sync::oneshot;
 /// What init answers to a `run`.
 #[derive(Debug)]
 pub enum Started {
-    Running { pid: i32 },
+    Running {
+        pid: i32,
+    },
     /// The process could not be started; `what` names the step (fork, exec, ...).
-    Failed { errno: i32, what: String },
+    Failed {
+        errno: i32,
+        what: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -137,9 +142,9 @@ impl InitChannel {
             pending.exited.remove(req.id);
             return Err(e);
         }
-        let started = started_rx
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the container's init went away"))?;
+        let started = started_rx.await.map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the container's init went away")
+        })?;
         Ok((started, exited_rx))
     }
 
@@ -293,7 +298,9 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -160,8 +160,12 @@ impl Runc {
 
     /// Sends `signal` (a name like `TERM`) to every process of the container.
     pub fn kill_all(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
-        self.run("kill", id, self.command().args(["kill", "--all", id, signal]))
-            .map(drop)
+        self.run(
+            "kill",
+            id,
+            self.command().args(["kill", "--all", id, signal]),
+        )
+        .map(drop)
     }
 
     /// Forgets the container, killing what still runs in it. Absent containers are fine.

@@ -86,7 +86,8 @@ impl ContainerDir {
 
     pub fn load(&self) -> Result<ContainerRecord> {
         let path = self.state();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read container state", &path, e))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| Error::io("read container state", &path, e))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::State { path, source })
     }
 }

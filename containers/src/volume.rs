@@ -102,12 +102,10 @@ impl VolumeStore {
         paths: &VolumePaths,
     ) -> Result<(), VolumeError> {
         let subvolume = self.subvolume(handle);
-        run(Command::new("btrfs")
-            .args(["subvolume", "create"])
-            .arg(&subvolume))?;
-        run(Command::new("btrfs")
-            .args(["qgroup", "limit", &disk_bytes.to_string()])
-            .arg(&subvolume))?;
+        btrfs::create_subvolume(&self.mountpoint, handle)
+            .map_err(io_err("create btrfs subvolume", &subvolume))?;
+        btrfs::limit_referenced(&subvolume, disk_bytes)
+            .map_err(io_err("set the btrfs qgroup limit of", &subvolume))?;
         let upper = subvolume.join("upper");
         let work = subvolume.join("work");
         for dir in [&upper, &work, &paths.lower, &paths.rootfs] {
@@ -171,6 +169,80 @@ impl VolumeStore {
     /// Unmounts the store (the loop device goes with it). Containers must be gone first.
     pub fn unmount(&self) -> Result<(), VolumeError> {
         unmount(&self.mountpoint).map_err(io_err("unmount", &self.mountpoint))
+    }
+}
+
+/// The two btrfs ioctls on the path of every create (a `btrfs` process each would cost more
+/// than the rest of the volume's set-up).
+mod btrfs {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    /// `_IOW(0x94, 14, struct btrfs_ioctl_vol_args)`
+    const IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940e;
+    /// `_IOR(0x94, 43, struct btrfs_ioctl_qgroup_limit_args)`
+    const IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
+    const QGROUP_LIMIT_MAX_RFER: u64 = 1;
+
+    #[repr(C)]
+    struct VolArgs {
+        fd: i64,
+        name: [u8; 4088],
+    }
+
+    #[repr(C)]
+    struct QgroupLimitArgs {
+        qgroupid: u64,
+        flags: u64,
+        max_rfer: u64,
+        max_excl: u64,
+        rsv_rfer: u64,
+        rsv_excl: u64,
+    }
+
+    /// Creates subvolume `name` in the directory `parent`.
+    pub fn create_subvolume(parent: &Path, name: &str) -> io::Result<()> {
+        let dir = File::open(parent)?;
+        let mut args = VolArgs {
+            fd: 0,
+            name: [0; 4088],
+        };
+        let bytes = CString::new(name)?.into_bytes();
+        if bytes.len() >= args.name.len() || bytes.contains(&b'/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad subvolume name",
+            ));
+        }
+        args.name[..bytes.len()].copy_from_slice(&bytes);
+        // SAFETY: `args` is a btrfs_ioctl_vol_args laid out as the kernel expects and lives
+        // across the call; `dir` is an open directory.
+        if unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_CREATE, &args) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Limits the bytes the subvolume at `path` may reference (its own qgroup, `0/<id>`).
+    pub fn limit_referenced(path: &Path, bytes: u64) -> io::Result<()> {
+        let subvolume = File::open(path)?;
+        let mut args = QgroupLimitArgs {
+            qgroupid: 0, // 0: the qgroup of the subvolume the fd is in
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: bytes,
+            max_excl: 0,
+            rsv_rfer: 0,
+            rsv_excl: 0,
+        };
+        // SAFETY: `args` is a btrfs_ioctl_qgroup_limit_args laid out as the kernel expects and
+        // lives across the call; the fd is open.
+        if unsafe { libc::ioctl(subvolume.as_raw_fd(), IOC_QGROUP_LIMIT, &mut args) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,8 @@ use common::*;
 
 /// The syscall probe, compiled static so it runs on any stack.
 fn probe_tar() -> Vec<u8> {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("probe-{}", std::process::id()));
+    let out =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("probe-{}", std::process::id()));
     let status = std::process::Command::new("cc")
         .args(["-static", "-O1", "-o"])
         .arg(&out)
@@ -19,7 +20,9 @@ fn probe_tar() -> Vec<u8> {
         .expect("run cc");
     assert!(status.success(), "compiling the probe failed");
     let mut builder = tar::Builder::new(Vec::new());
-    builder.append_path_with_name(&out, "probe").expect("tar probe");
+    builder
+        .append_path_with_name(&out, "probe")
+        .expect("tar probe");
     let _ = std::fs::remove_file(&out);
     builder.into_inner().expect("tar")
 }
@@ -31,21 +34,43 @@ async fn container_root_gets_neither_host_files_nor_dangerous_syscalls() {
     let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
     let host_line = shadow.lines().next().unwrap_or("root:").to_string();
 
-    for path in ["/etc/shadow", "/proc/1/root/etc/shadow", "/proc/self/root/../../../etc/shadow", "/proc/1/cwd/../etc/shadow"] {
+    for path in [
+        "/etc/shadow",
+        "/proc/1/root/etc/shadow",
+        "/proc/self/root/../../../etc/shadow",
+        "/proc/1/cwd/../etc/shadow",
+    ] {
         let (_, out, _) = t.sh("iso", "root", &format!("cat {path}")).await;
-        assert!(!out.contains(&host_line) || host_line.is_empty(), "{path} showed the host's shadow");
+        assert!(
+            !out.contains(&host_line) || host_line.is_empty(),
+            "{path} showed the host's shadow"
+        );
     }
     let (exit, _, err) = t.sh("iso", "root", "mount -t tmpfs none /mnt").await;
     assert_ne!(exit.code, 0, "mount succeeded: {err}");
 
-    t.backend.stream_in("iso", "/tmp", Some("root"), Cursor::new(probe_tar())).await.expect("stream in probe");
+    t.backend
+        .stream_in("iso", "/tmp", Some("root"), Cursor::new(probe_tar()))
+        .await
+        .expect("stream in probe");
     let (exit, out, err) = t.sh("iso", "root", "/tmp/probe").await;
     assert_eq!(exit.code, 0, "{err}");
     for expected in [
-        "keyctl=EPERM", "add_key=EPERM", "unshare_user=EPERM", "unshare_net=EPERM", "mount=EPERM",
-        "clone3=ENOSYS", "bpf=EPERM", "userfaultfd=EPERM", "io_uring_setup=EPERM", "raw_socket=EPERM",
+        "keyctl=EPERM",
+        "add_key=EPERM",
+        "unshare_user=EPERM",
+        "unshare_net=EPERM",
+        "mount=EPERM",
+        "clone3=ENOSYS",
+        "bpf=EPERM",
+        "userfaultfd=EPERM",
+        "io_uring_setup=EPERM",
+        "raw_socket=EPERM",
     ] {
-        assert!(out.lines().any(|l| l == expected), "expected {expected}, probe said:\n{out}");
+        assert!(
+            out.lines().any(|l| l == expected),
+            "expected {expected}, probe said:\n{out}"
+        );
     }
     let (_, out, _) = t.sh("iso", "vcap", "/tmp/probe").await;
     assert!(out.contains("unshare_user=EPERM"), "{out}");
@@ -59,22 +84,46 @@ async fn containers_see_neither_each_other_nor_the_hosts_services() {
 
     let (exit, _, _) = t.sh("a", "vcap", "echo secret > /tmp/a-secret").await;
     assert_eq!(exit.code, 0);
-    let _sleeper = t.backend.run("a", kiln_containers::ProcessSpec::new("/bin/sleep", &["1000"])).await.expect("run");
-    let _listener_in_a = t.backend.run("a", kiln_containers::ProcessSpec::new("/bin/nc", &["-l", "-p", "8080"])).await.expect("run");
+    let _sleeper = t
+        .backend
+        .run(
+            "a",
+            kiln_containers::ProcessSpec::new("/bin/sleep", &["1000"]),
+        )
+        .await
+        .expect("run");
+    let _listener_in_a = t
+        .backend
+        .run(
+            "a",
+            kiln_containers::ProcessSpec::new("/bin/nc", &["-l", "-p", "8080"]),
+        )
+        .await
+        .expect("run");
     let (_, out, _) = t.sh("b", "vcap", "ls /tmp; ps -o comm").await;
     assert!(!out.contains("a-secret"), "b sees a's file: {out}");
     assert!(!out.contains("sleep"), "b sees a's process: {out}");
 
     // Each container writes as a uid of its own range on the host.
     let owner = |handle: &str| {
-        std::fs::metadata(t.config.data_dir.join("containers").join(handle).join("rootfs/tmp/mine"))
-            .expect("stat")
-            .uid()
+        std::fs::metadata(
+            t.config
+                .data_dir
+                .join("containers")
+                .join(handle)
+                .join("rootfs/tmp/mine"),
+        )
+        .expect("stat")
+        .uid()
     };
     t.sh("a", "vcap", "touch /tmp/mine").await;
     t.sh("b", "vcap", "touch /tmp/mine").await;
     assert_ne!(owner("a"), owner("b"));
-    assert!(owner("a") >= t.config.uid_range_start + 2000, "uid {} is not in the container range", owner("a"));
+    assert!(
+        owner("a") >= t.config.uid_range_start + 2000,
+        "uid {} is not in the container range",
+        owner("a")
+    );
 
     // b reaching a directly, and both reaching the host's own listener, are refused.
     let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("bind");
@@ -83,8 +132,17 @@ async fn containers_see_neither_each_other_nor_the_hosts_services() {
     let script = format!("echo x | nc -w 2 {} {port}; echo rc=$?", a.host_ip);
     let (_, out, _) = t.sh("a", "vcap", &script).await;
     assert!(!out.contains("rc=0"), "container reached the host: {out}");
-    let (_, out, _) = t.sh("b", "vcap", &format!("echo x | nc -w 2 {} 8080; echo rc=$?", a.container_ip)).await;
+    let (_, out, _) = t
+        .sh(
+            "b",
+            "vcap",
+            &format!("echo x | nc -w 2 {} 8080; echo rc=$?", a.container_ip),
+        )
+        .await;
     assert!(!out.contains("rc=0"), "b reached a: {out}");
-    assert!(listener.accept().is_err(), "the host listener got a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener got a connection"
+    );
     let _ = b;
 }

@@ -22,24 +22,42 @@ async fn a_container_runs_processes_and_destroy_leaves_nothing() {
     let (exit, out, _) = t.sh("life", "root", "id -u; cat /etc/hostname").await;
     assert_eq!((exit.code, out.as_str()), (0, "0\nlife\n"));
 
-    assert_eq!(t.backend.list(&BTreeMap::from([("app".into(), "a1".into())])), vec!["life"]);
-    assert!(t.backend.list(&BTreeMap::from([("app".into(), "other".into())])).is_empty());
+    assert_eq!(
+        t.backend
+            .list(&BTreeMap::from([("app".into(), "a1".into())])),
+        vec!["life"]
+    );
+    assert!(t
+        .backend
+        .list(&BTreeMap::from([("app".into(), "other".into())]))
+        .is_empty());
     let metrics = t.backend.metrics("life").await.expect("metrics");
     assert!(metrics.cpu_time_ns > 0, "{metrics:?}");
     assert!(metrics.memory_bytes > 0, "{metrics:?}");
     assert!(t.backend.capacity().max_containers >= 1);
 
-    t.backend.stop("life", Duration::from_secs(5)).await.expect("stop");
-    assert_eq!(t.backend.info("life").expect("info").state, ContainerState::Stopped);
+    t.backend
+        .stop("life", Duration::from_secs(5))
+        .await
+        .expect("stop");
+    assert_eq!(
+        t.backend.info("life").expect("info").state,
+        ContainerState::Stopped
+    );
     assert!(matches!(
-        t.backend.run("life", kiln_containers::ProcessSpec::new("/bin/true", &[])).await,
+        t.backend
+            .run("life", kiln_containers::ProcessSpec::new("/bin/true", &[]))
+            .await,
         Err(Error::NotActive { .. })
     ));
 
     t.backend.destroy("life").await.expect("destroy");
     assert!(matches!(t.backend.info("life"), Err(Error::NotFound(_))));
     assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
-    assert!(matches!(t.backend.destroy("life").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        t.backend.destroy("life").await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -49,17 +67,35 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
     s.stack = "no-such-stack".into();
     let err = t.backend.create(s).await.expect_err("unknown stack");
     assert!(matches!(err, Error::UnknownStack { .. }), "{err}");
-    assert!(err.to_string().contains("tiny"), "names the known stacks: {err}");
+    assert!(
+        err.to_string().contains("tiny"),
+        "names the known stacks: {err}"
+    );
 
     for limits in [
-        Limits { memory_bytes: 1024, ..Limits::default() },
-        Limits { pids: 0, ..Limits::default() },
-        Limits { cpu_shares: 0, ..Limits::default() },
-        Limits { disk_bytes: 10, ..Limits::default() },
+        Limits {
+            memory_bytes: 1024,
+            ..Limits::default()
+        },
+        Limits {
+            pids: 0,
+            ..Limits::default()
+        },
+        Limits {
+            cpu_shares: 0,
+            ..Limits::default()
+        },
+        Limits {
+            disk_bytes: 10,
+            ..Limits::default()
+        },
     ] {
         let mut s = spec("bad");
         s.limits = limits;
-        assert!(matches!(t.backend.create(s).await, Err(Error::InvalidLimits(_))));
+        assert!(matches!(
+            t.backend.create(s).await,
+            Err(Error::InvalidLimits(_))
+        ));
     }
     for handle in ["", "../x", "a/b", ".hidden"] {
         assert!(matches!(
@@ -69,12 +105,22 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
     }
 
     t.container("taken").await;
-    assert!(matches!(t.backend.create(spec("taken")).await, Err(Error::HandleTaken(_))));
+    assert!(matches!(
+        t.backend.create(spec("taken")).await,
+        Err(Error::HandleTaken(_))
+    ));
 
-    let listener = std::net::TcpListener::bind(("0.0.0.0", t.config.port_range_start)).expect("bind");
+    let listener =
+        std::net::TcpListener::bind(("0.0.0.0", t.config.port_range_start)).expect("bind");
     let mut s = spec("port");
-    s.net_in = vec![NetIn { host_port: Some(t.config.port_range_start), container_port: 8080 }];
-    assert!(matches!(t.backend.create(s).await, Err(Error::PortInUse(_))));
+    s.net_in = vec![NetIn {
+        host_port: Some(t.config.port_range_start),
+        container_port: 8080,
+    }];
+    assert!(matches!(
+        t.backend.create(s).await,
+        Err(Error::PortInUse(_))
+    ));
     drop(listener);
     assert_eq!(t.backend.list(&BTreeMap::new()), vec!["taken"]);
     t.backend.destroy("taken").await.expect("destroy");

@@ -24,13 +24,27 @@ impl Peer {
         let host_veth = format!("ktp{}{index}", std::process::id() % 10000);
         let host_ip = format!("10.243.{index}.1");
         let address = Ipv4Addr::new(10, 243, index, 2);
-        let peer = Peer { name: name.clone(), host_veth: host_veth.clone(), address };
+        let peer = Peer {
+            name: name.clone(),
+            host_veth: host_veth.clone(),
+            address,
+        };
         for args in [
             vec!["netns", "add", &name],
-            vec!["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &name],
+            vec![
+                "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ],
             vec!["addr", "add", &format!("{host_ip}/30"), "dev", &host_veth],
             vec!["link", "set", &host_veth, "up"],
-            vec!["-n", &name, "addr", "add", &format!("{address}/30"), "dev", "eth0"],
+            vec![
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{address}/30"),
+                "dev",
+                "eth0",
+            ],
             vec!["-n", &name, "link", "set", "eth0", "up"],
             vec!["-n", &name, "link", "set", "lo", "up"],
             vec!["-n", &name, "route", "add", "default", "via", &host_ip],
@@ -48,7 +62,10 @@ impl Peer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // SAFETY: setns on this thread only; the fd is open.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
             let listener = TcpListener::bind((address, port)).expect("bind in peer");
             ready_tx.send(()).expect("ready");
             for mut conn in listener.incoming().flatten() {
@@ -61,8 +78,12 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_veth]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -75,10 +96,20 @@ async fn egress_is_denied_by_default_and_allowed_by_a_rule() {
     let script = format!("nc -w 3 {} 9000 </dev/null; echo rc=$?", peer.address);
 
     let (_, out, _) = t.sh("egress", "vcap", &script).await;
-    assert!(!out.contains("pong"), "egress allowed without a rule: {out}");
+    assert!(
+        !out.contains("pong"),
+        "egress allowed without a rule: {out}"
+    );
 
     t.backend
-        .net_out("egress", NetOutRule { protocol: Protocol::Tcp, networks: vec![format!("{}/32", peer.address)], ports: vec![(9000, 9000)] })
+        .net_out(
+            "egress",
+            NetOutRule {
+                protocol: Protocol::Tcp,
+                networks: vec![format!("{}/32", peer.address)],
+                ports: vec![(9000, 9000)],
+            },
+        )
         .await
         .expect("net_out");
     let (_, out, _) = t.sh("egress", "vcap", &script).await;
@@ -93,7 +124,10 @@ async fn egress_is_denied_by_default_and_allowed_by_a_rule() {
 async fn net_in_forwards_host_ports_to_the_container() {
     let t = TestBackend::new(9).await;
     let mut s = spec("web");
-    s.net_in = vec![NetIn { host_port: None, container_port: 8080 }];
+    s.net_in = vec![NetIn {
+        host_port: None,
+        container_port: 8080,
+    }];
     let info = t.backend.create(s).await.expect("create");
     let first = info.mapped_ports[0];
     assert_eq!(first.container_port, 8080);
@@ -103,12 +137,23 @@ async fn net_in_forwards_host_ports_to_the_container() {
 
     let _server = t
         .backend
-        .run("web", ProcessSpec::new("/bin/sh", &["-c", "echo hello-from-web > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]))
+        .run(
+            "web",
+            ProcessSpec::new(
+                "/bin/sh",
+                &[
+                    "-c",
+                    "echo hello-from-web > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                ],
+            ),
+        )
         .await
         .expect("run httpd");
     let get = |addr: Ipv4Addr, port: u16| -> Option<String> {
         for _ in 0..50 {
-            if let Ok(mut conn) = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(1)) {
+            if let Ok(mut conn) =
+                TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(1))
+            {
                 conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
                 conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
                 let mut body = String::new();
@@ -121,11 +166,21 @@ async fn net_in_forwards_host_ports_to_the_container() {
         None
     };
     let port = first.host_port;
-    let body = tokio::task::spawn_blocking(move || get(Ipv4Addr::LOCALHOST, port)).await.expect("join");
-    assert!(body.is_some(), "NetIn via 127.0.0.1:{port} did not reach the container");
+    let body = tokio::task::spawn_blocking(move || get(Ipv4Addr::LOCALHOST, port))
+        .await
+        .expect("join");
+    assert!(
+        body.is_some(),
+        "NetIn via 127.0.0.1:{port} did not reach the container"
+    );
     if let Some(host) = host_address() {
-        let body = tokio::task::spawn_blocking(move || get(host, port)).await.expect("join");
-        assert!(body.is_some(), "NetIn via {host}:{port} did not reach the container");
+        let body = tokio::task::spawn_blocking(move || get(host, port))
+            .await
+            .expect("join");
+        assert!(
+            body.is_some(),
+            "NetIn via {host}:{port} did not reach the container"
+        );
     }
     t.backend.destroy("web").await.expect("destroy");
     assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());

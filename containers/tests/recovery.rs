@@ -22,13 +22,25 @@ async fn owner_process() {
     };
     let config = config_for(index.parse().expect("index"), Path::new(&dir));
     let backend = Backend::new(config).await.expect("backend");
-    backend.import_stack(tiny_layout(), "tiny").await.expect("import");
+    backend
+        .import_stack(tiny_layout(), "tiny")
+        .await
+        .expect("import");
     for handle in ["r1", "r2"] {
         let mut s = spec(handle);
-        s.net_in = vec![NetIn { host_port: None, container_port: 8080 }];
+        s.net_in = vec![NetIn {
+            host_port: None,
+            container_port: 8080,
+        }];
         backend.create(s).await.expect("create");
     }
-    let _p = backend.run("r1", kiln_containers::ProcessSpec::new("/bin/sleep", &["1000"])).await.expect("run");
+    let _p = backend
+        .run(
+            "r1",
+            kiln_containers::ProcessSpec::new("/bin/sleep", &["1000"]),
+        )
+        .await
+        .expect("run");
     println!("owner-ready");
     tokio::time::sleep(Duration::from_secs(600)).await;
 }
@@ -43,7 +55,10 @@ fn crash_an_owner(index: u8, data_dir: &Path) {
         .spawn()
         .expect("start owner");
     let stdout = child.stdout.take().expect("stdout");
-    let ready = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("owner-ready"));
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("owner-ready"));
     child.kill().expect("SIGKILL owner");
     child.wait().expect("reap owner");
     assert!(ready, "the owner never got its containers up");
@@ -55,7 +70,9 @@ async fn recover(index: u8, policy: Recovery) {
     crash_an_owner(index, &data_dir);
     let mut config = config_for(index, &data_dir);
     config.recovery = policy;
-    let backend = Backend::new(config.clone()).await.expect("recovering backend");
+    let backend = Backend::new(config.clone())
+        .await
+        .expect("recovering backend");
     let tag = backend.tag().to_string();
     let guard = Cleanup(config.clone());
 
@@ -64,13 +81,23 @@ async fn recover(index: u8, policy: Recovery) {
     match policy {
         Recovery::Adopt => {
             assert_eq!(handles, vec!["r1", "r2"]);
-            let (exit, out, _) = run(&backend, "r1", kiln_containers::ProcessSpec::new("/bin/echo", &["still here"])).await;
+            let (exit, out, _) = run(
+                &backend,
+                "r1",
+                kiln_containers::ProcessSpec::new("/bin/echo", &["still here"]),
+            )
+            .await;
             assert_eq!((exit.code, out.as_str()), (0, "still here\n"));
             let info = backend.info("r2").expect("info");
             assert_eq!(info.mapped_ports.len(), 1);
             // Adopted ports are not handed out again.
             let fresh = backend.net_in("r2", None, 9000).await.expect("net_in");
-            assert!(!backend.info("r1").expect("info").mapped_ports.iter().any(|m| m.host_port == fresh.host_port));
+            assert!(!backend
+                .info("r1")
+                .expect("info")
+                .mapped_ports
+                .iter()
+                .any(|m| m.host_port == fresh.host_port));
             for h in handles {
                 backend.destroy(&h).await.expect("destroy");
             }

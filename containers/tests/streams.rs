@@ -40,13 +40,28 @@ async fn files_round_trip_and_hostile_tars_are_refused() {
     let t = TestBackend::new(12).await;
     t.container("s").await;
     t.backend
-        .stream_in("s", "/home/vcap/app", None, Cursor::new(tar_of(&[("hello.txt", b"hi there"), ("sub/x", b"x")])))
+        .stream_in(
+            "s",
+            "/home/vcap/app",
+            None,
+            Cursor::new(tar_of(&[("hello.txt", b"hi there"), ("sub/x", b"x")])),
+        )
         .await
         .expect("stream in");
-    let (exit, out, _) = t.sh("s", "vcap", "cat /home/vcap/app/hello.txt; stat -c %u /home/vcap/app/sub/x").await;
+    let (exit, out, _) = t
+        .sh(
+            "s",
+            "vcap",
+            "cat /home/vcap/app/hello.txt; stat -c %u /home/vcap/app/sub/x",
+        )
+        .await;
     assert_eq!((exit.code, out.as_str()), (0, "hi there2000\n"));
 
-    let tar = t.backend.stream_out("s", "/home/vcap/app", Vec::new()).await.expect("stream out");
+    let tar = t
+        .backend
+        .stream_out("s", "/home/vcap/app", Vec::new())
+        .await
+        .expect("stream out");
     let mut names = Vec::new();
     let mut archive = tar::Archive::new(Cursor::new(tar));
     for entry in archive.entries().expect("entries") {
@@ -61,19 +76,46 @@ async fn files_round_trip_and_hostile_tars_are_refused() {
     }
     assert!(names.iter().any(|n| n.ends_with("sub/x")), "{names:?}");
 
-    let outside = t.config.data_dir.parent().expect("parent").join("outside-sentinel");
+    let outside = t
+        .config
+        .data_dir
+        .parent()
+        .expect("parent")
+        .join("outside-sentinel");
     std::fs::write(&outside, "untouched").expect("sentinel");
     let hostile: Vec<(&str, Vec<u8>)> = vec![
-        ("../../evil", raw_entry("../../evil", tar::EntryType::Regular, None)),
-        ("/etc/evil", raw_entry("/etc/evil", tar::EntryType::Regular, None)),
-        ("link", raw_entry("link", tar::EntryType::Symlink, Some("/etc"))),
-        ("hard", raw_entry("hard", tar::EntryType::Link, Some("../../../../etc/shadow"))),
+        (
+            "../../evil",
+            raw_entry("../../evil", tar::EntryType::Regular, None),
+        ),
+        (
+            "/etc/evil",
+            raw_entry("/etc/evil", tar::EntryType::Regular, None),
+        ),
+        (
+            "link",
+            raw_entry("link", tar::EntryType::Symlink, Some("/etc")),
+        ),
+        (
+            "hard",
+            raw_entry("hard", tar::EntryType::Link, Some("../../../../etc/shadow")),
+        ),
     ];
     for (name, tar) in hostile {
-        let err = t.backend.stream_in("s", "/home/vcap/app", None, Cursor::new(tar)).await.expect_err(name);
-        assert!(err.to_string().contains(name), "error does not name {name}: {err}");
+        let err = t
+            .backend
+            .stream_in("s", "/home/vcap/app", None, Cursor::new(tar))
+            .await
+            .expect_err(name);
+        assert!(
+            err.to_string().contains(name),
+            "error does not name {name}: {err}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(&outside).expect("sentinel"), "untouched");
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("sentinel"),
+        "untouched"
+    );
 }
 
 #[tokio::test]
@@ -88,14 +130,31 @@ async fn symlinks_planted_in_the_container_never_reach_host_files() {
     for path in ["/tmp/shadow-link", "/tmp/rootlink/etc/shadow"] {
         match t.backend.stream_out("planted", path, Vec::new()).await {
             Ok(tar) => assert!(
-                host_shadow.is_empty() || !tar.windows(host_shadow.len().min(32)).any(|w| w == &host_shadow[..host_shadow.len().min(32)]),
+                host_shadow.is_empty()
+                    || !tar
+                        .windows(host_shadow.len().min(32))
+                        .any(|w| w == &host_shadow[..host_shadow.len().min(32)]),
                 "{path} streamed out the host's shadow"
             ),
-            Err(e) => assert!(e.to_string().contains("shadow") || e.to_string().contains("not"), "{e}"),
+            Err(e) => assert!(
+                e.to_string().contains("shadow") || e.to_string().contains("not"),
+                "{e}"
+            ),
         }
     }
     // Streaming in through a planted symlink writes inside the container, never on the host.
     let marker = format!("kiln-planted-{}", std::process::id());
-    let _ = t.backend.stream_in("planted", "/home/vcap/x/etc", None, Cursor::new(tar_of(&[(&marker, b"x")]))).await;
-    assert!(!std::path::Path::new("/etc").join(&marker).exists(), "wrote into the host's /etc");
+    let _ = t
+        .backend
+        .stream_in(
+            "planted",
+            "/home/vcap/x/etc",
+            None,
+            Cursor::new(tar_of(&[(&marker, b"x")])),
+        )
+        .await;
+    assert!(
+        !std::path::Path::new("/etc").join(&marker).exists(),
+        "wrote into the host's /etc"
+    );
 }

@@ -101,7 +101,10 @@ fn baseline_runs(rootfs: &Path, scratch: &Path, iterations: usize) -> Result<Vec
         handle: "baseline",
         rootfs,
         init: Path::new("/bin/true"),
-        ids: IdRange { host_base: 3 << 28, size: 65536 },
+        ids: IdRange {
+            host_base: 3 << 28,
+            size: 65536,
+        },
         limits: &limits,
         bind_mounts: &[],
         cgroups_path: "/kiln-bench/baseline",
@@ -117,7 +120,12 @@ fn baseline_runs(rootfs: &Path, scratch: &Path, iterations: usize) -> Result<Vec
         spec.set_root(Some(r));
     }
     let mounts = spec.mounts().clone().unwrap_or_default();
-    spec.set_mounts(Some(mounts.into_iter().filter(|m| m.destination() != Path::new("/.kiln-init")).collect()));
+    spec.set_mounts(Some(
+        mounts
+            .into_iter()
+            .filter(|m| m.destination() != Path::new("/.kiln-init"))
+            .collect(),
+    ));
     std::fs::write(bundle_dir.join("config.json"), serde_json::to_vec(&spec)?)?;
 
     let mut times = Vec::with_capacity(iterations);
@@ -156,4 +164,3 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
-

@@ -56,7 +56,10 @@ impl Backend {
             let mut record = record;
             match inner.build(&mut record, &stack_rootfs) {
                 Ok(init_channel) => {
-                    info!(elapsed_ms = started.elapsed().as_millis() as u64, "container.created");
+                    info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "container.created"
+                    );
                     Ok((record, init_channel))
                 }
                 Err(source) => {
@@ -159,39 +162,9 @@ impl Inner {
         super::set_mode(dir.path(), 0o711)?;
         dir.save(record)?;
 
-        let paths = self.volume_paths(&handle);
-        self.volumes.create(
-            &handle,
-            stack_rootfs,
-            record.ids,
-            record.spec.limits.disk_bytes,
-            &paths,
-        )?;
-        record.users = read_users(&paths.rootfs)?;
-        write_etc(&paths.rootfs, &handle, record)?;
-
-        let cgroups_path = self.cgroups_path(&handle);
-        let spec = ContainerBundle {
-            handle: &handle,
-            rootfs: &paths.rootfs,
-            init: &self.init_binary,
-            ids: record.ids,
-            limits: &record.spec.limits,
-            bind_mounts: &record.spec.bind_mounts,
-            cgroups_path: &cgroups_path,
-        }
-        .spec()
-        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        bundle::write_json(&dir.path().join("config.json"), &spec)
-            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-
-        let (ours, init_end) =
-            socketpair().map_err(|e| Error::io("make the init channel", dir.path(), e))?;
-        self.runc
-            .run_detached(&handle, dir.path(), &dir.init_pid(), Stdio::from(init_end))?;
-        let pid = read_pid(&dir.init_pid())?;
+        // The rules name the host veth, which need not exist yet: apply them while the root
+        // filesystem and the container are made.
         let chains = self.chains(record);
-        network::setup_veth(pid, &chains.host_veth, self.pool.subnet(record.slot))?;
         let mut rules = chains.create();
         for m in &record.mapped_ports {
             rules.push_str(&chains.net_in(*m));
@@ -199,7 +172,53 @@ impl Inner {
         for rule in &record.net_out {
             rules.push_str(&chains.net_out(rule)?);
         }
-        network::iptables_restore(&rules)?;
+        let firewall = std::thread::spawn(move || network::iptables_restore(&rules));
+
+        // Whatever happens below, wait for the rules: teardown must not race their creation.
+        let made = (|| -> Result<OwnedFd> {
+            let paths = self.volume_paths(&handle);
+            self.volumes.create(
+                &handle,
+                stack_rootfs,
+                record.ids,
+                record.spec.limits.disk_bytes,
+                &paths,
+            )?;
+            record.users = read_users(&paths.rootfs)?;
+            write_etc(&paths.rootfs, &handle, record)?;
+
+            let cgroups_path = self.cgroups_path(&handle);
+            let spec = ContainerBundle {
+                handle: &handle,
+                rootfs: &paths.rootfs,
+                init: &self.init_binary,
+                ids: record.ids,
+                limits: &record.spec.limits,
+                bind_mounts: &record.spec.bind_mounts,
+                cgroups_path: &cgroups_path,
+            }
+            .spec()
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+            bundle::write_json(&dir.path().join("config.json"), &spec)
+                .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+
+            let (ours, init_end) =
+                socketpair().map_err(|e| Error::io("make the init channel", dir.path(), e))?;
+            self.runc
+                .run_detached(&handle, dir.path(), &dir.init_pid(), Stdio::from(init_end))?;
+            let pid = read_pid(&dir.init_pid())?;
+            network::setup_veth(pid, &chains.host_veth, self.pool.subnet(record.slot))?;
+
+            Ok(ours)
+        })();
+        let applied = firewall.join().unwrap_or_else(|_| {
+            Err(network::NetworkError::Command {
+                command: "iptables-restore".into(),
+                stderr: "the thread applying the rules panicked".into(),
+            })
+        });
+        let ours = made?;
+        applied?;
 
         record.state = ContainerState::Active;
         dir.save(record)?;
@@ -231,7 +250,10 @@ impl Inner {
 
     pub(super) fn stop(&self, handle: &str, grace: Duration) -> Result<()> {
         let status = self.runc.status(handle)?;
-        if matches!(status, RuncStatus::Running | RuncStatus::Created | RuncStatus::Paused) {
+        if matches!(
+            status,
+            RuncStatus::Running | RuncStatus::Created | RuncStatus::Paused
+        ) {
             let _ = self.runc.kill_all(handle, "TERM");
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline
@@ -239,7 +261,10 @@ impl Inner {
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if !matches!(self.runc.status(handle)?, RuncStatus::Stopped | RuncStatus::Absent) {
+            if !matches!(
+                self.runc.status(handle)?,
+                RuncStatus::Stopped | RuncStatus::Absent
+            ) {
                 let _ = self.runc.kill_all(handle, "KILL");
             }
         }
@@ -313,7 +338,9 @@ fn validate(spec: &ContainerSpec) -> Result<()> {
     }
     for env in &spec.env {
         if !env.contains('=') {
-            return Err(Error::InvalidSpec(format!("env entry {env:?} is not KEY=VALUE")));
+            return Err(Error::InvalidSpec(format!(
+                "env entry {env:?} is not KEY=VALUE"
+            )));
         }
     }
     for rule in &spec.net_out {
@@ -381,7 +408,11 @@ fn kill_init(pid_file: &Path, cgroups_path: &str) {
     while Instant::now() < deadline {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return,
-            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => {
+            Ok(stat)
+                if stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z')) =>
+            {
                 return
             }
             Ok(_) => std::thread::sleep(Duration::from_millis(1)),

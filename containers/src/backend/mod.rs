@@ -236,7 +236,9 @@ impl Backend {
     async fn update_rules(
         &self,
         handle: &str,
-        change: impl FnOnce(&Chains, &mut ContainerRecord) -> Result<String, NetworkError> + Send + 'static,
+        change: impl FnOnce(&Chains, &mut ContainerRecord) -> Result<String, NetworkError>
+            + Send
+            + 'static,
     ) -> Result<()> {
         let mut record = self.inner.record(handle)?;
         let inner = self.inner.clone();

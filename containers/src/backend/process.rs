@@ -43,7 +43,10 @@ pub struct Process {
 enum Signals {
     Init(Arc<InitChannel>),
     /// `runc exec`: our child forwards signals; SIGKILL goes to the pid in `pid_file`.
-    Runc { runc_pid: u32, pid_file: PathBuf },
+    Runc {
+        runc_pid: u32,
+        pid_file: PathBuf,
+    },
 }
 
 impl Process {
@@ -68,7 +71,10 @@ impl Process {
     /// Waits for the process to end. Output not taken is discarded.
     pub async fn wait(&mut self) -> Result<ProcessExit> {
         // Drain untaken pipes so a chatty process never blocks on a full pipe.
-        for reader in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
+        for reader in [self.stdout.take(), self.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
             tokio::spawn(drain(reader));
         }
         self.stdin.take();
@@ -160,8 +166,9 @@ impl Backend {
         let watcher_id = id.clone();
         tokio::spawn(async move {
             let (status, timed_out) = wait_or_kill(exited, timeout, &signals, &watcher_id).await;
-            let oom_killed =
-                status == 128 + libc::SIGKILL && !timed_out && read_oom_kills(&oom_counter) > ooms_before;
+            let oom_killed = status == 128 + libc::SIGKILL
+                && !timed_out
+                && read_oom_kills(&oom_counter) > ooms_before;
             lock(&processes).remove(&watcher_id);
             if let Signals::Runc { pid_file, .. } = &signals {
                 let _ = std::fs::remove_file(pid_file);
@@ -188,8 +195,9 @@ impl Backend {
         let spec_file = dir.join(format!("{id}.json"));
         let pid_file = dir.join(format!("{id}.pid"));
         bundle::write_json(&spec_file, &exec.spec().map_err(invalid)?).map_err(invalid)?;
-        let mut cmd =
-            tokio::process::Command::from(self.inner.runc.exec_command(handle, &spec_file, &pid_file));
+        let mut cmd = tokio::process::Command::from(
+            self.inner.runc.exec_command(handle, &spec_file, &pid_file),
+        );
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -202,9 +210,27 @@ impl Backend {
         let runc_pid = child.id().unwrap_or(0);
         let pipes = (|| -> std::io::Result<_> {
             Ok((
-                child.stdin.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Sender::from_owned_fd).transpose()?,
-                child.stdout.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Receiver::from_owned_fd).transpose()?,
-                child.stderr.take().map(|s| s.into_owned_fd()).transpose()?.map(pipe::Receiver::from_owned_fd).transpose()?,
+                child
+                    .stdin
+                    .take()
+                    .map(|s| s.into_owned_fd())
+                    .transpose()?
+                    .map(pipe::Sender::from_owned_fd)
+                    .transpose()?,
+                child
+                    .stdout
+                    .take()
+                    .map(|s| s.into_owned_fd())
+                    .transpose()?
+                    .map(pipe::Receiver::from_owned_fd)
+                    .transpose()?,
+                child
+                    .stderr
+                    .take()
+                    .map(|s| s.into_owned_fd())
+                    .transpose()?
+                    .map(pipe::Receiver::from_owned_fd)
+                    .transpose()?,
             ))
         })()
         .map_err(spawn_err)?;
@@ -248,7 +274,13 @@ async fn start_with_init(
     let rlimits = exec
         .rlimits
         .iter()
-        .map(|r| Ok((bundle::rlimit_number(&r.kind).map_err(invalid)?, r.soft, r.hard)))
+        .map(|r| {
+            Ok((
+                bundle::rlimit_number(&r.kind).map_err(invalid)?,
+                r.soft,
+                r.hard,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let request = RunRequest {
         id,
@@ -357,9 +389,9 @@ fn exec_process<'a>(record: &ContainerRecord, process: &'a ProcessSpec) -> Resul
         .chain(record.spec.env.iter())
         .chain(process.env.iter())
     {
-        let (k, v) = entry.split_once('=').ok_or_else(|| {
-            Error::InvalidSpec(format!("env entry {entry:?} is not KEY=VALUE"))
-        })?;
+        let (k, v) = entry
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidSpec(format!("env entry {entry:?} is not KEY=VALUE")))?;
         env.insert(k.to_string(), v.to_string());
     }
     let mut args = vec![process.path.clone()];

@@ -52,7 +52,11 @@ pub const READONLY_PATHS: &[&str] = &[
 /// them back: `noNewPrivileges` is set too).
 pub fn capabilities(root: bool) -> Result<LinuxCapabilities, OciSpecError> {
     let all: Capabilities = CAPABILITIES.iter().copied().collect();
-    let granted = if root { all.clone() } else { Capabilities::new() };
+    let granted = if root {
+        all.clone()
+    } else {
+        Capabilities::new()
+    };
     LinuxCapabilitiesBuilder::default()
         .bounding(all)
         .effective(granted.clone())
@@ -107,7 +111,10 @@ mod tests {
             Capability::AuditWrite,
             Capability::SysAdmin,
         ] {
-            assert!(!CAPABILITIES.contains(&dropped), "{dropped:?} must be dropped");
+            assert!(
+                !CAPABILITIES.contains(&dropped),
+                "{dropped:?} must be dropped"
+            );
         }
         assert!(CAPABILITIES.len() < 14);
     }

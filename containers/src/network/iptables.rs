@@ -223,7 +223,8 @@ pub fn net_out_matches(rule: &NetOutRule) -> Result<Vec<String>, NetworkError> {
 
 /// Checks `a.b.c.d` or `a.b.c.d/len` and returns it in CIDR form.
 fn parse_network(text: &str) -> Result<String, NetworkError> {
-    let bad = || NetworkError::InvalidRule(format!("{text:?} is not an IPv4 network (a.b.c.d/len)"));
+    let bad =
+        || NetworkError::InvalidRule(format!("{text:?} is not an IPv4 network (a.b.c.d/len)"));
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (a, l.parse::<u8>().map_err(|_| bad())?),
         None => (text, 32),
@@ -280,10 +281,16 @@ mod tests {
     #[test]
     fn delete_created_undoes_create() {
         let script = chains().delete_created();
-        assert!(script.contains("-D INPUT -i klabc123007h -j KILN-abc123-7\n"), "{script}");
+        assert!(
+            script.contains("-D INPUT -i klabc123007h -j KILN-abc123-7\n"),
+            "{script}"
+        );
         assert!(script.contains("-D OUTPUT -m addrtype --dst-type LOCAL -j KILN-abc123-7N\n"));
         assert!(script.contains("-F KILN-abc123-7N\n-X KILN-abc123-7N\nCOMMIT"));
-        assert!(!script.contains("REJECT"), "rules inside our chains are flushed: {script}");
+        assert!(
+            !script.contains("REJECT"),
+            "rules inside our chains are flushed: {script}"
+        );
     }
 
     #[test]
@@ -300,7 +307,10 @@ mod tests {
         assert!(script.contains("-F KILN-abc123-7\n-X KILN-abc123-7\n"));
         assert!(script.contains("-F KILN-abc123-7N\n-X KILN-abc123-7N\n"));
         assert!(script.contains("-D POSTROUTING -s 10.254.0.30/32 ! -o klabc123007h -j MASQUERADE"));
-        assert!(!script.contains("abc123-8"), "another container's rules: {script}");
+        assert!(
+            !script.contains("abc123-8"),
+            "another container's rules: {script}"
+        );
         assert!(!script.contains("10.254.0.34"));
         assert_eq!(c.delete("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), "");
     }

@@ -15,7 +15,9 @@ pub use ports::PortAllocator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("invalid network pool {0:?}: give an IPv4 network of /30 or larger, like 10.254.0.0/22")]
+    #[error(
+        "invalid network pool {0:?}: give an IPv4 network of /30 or larger, like 10.254.0.0/22"
+    )]
     InvalidPool(String),
     #[error("invalid NetOut rule: {0}")]
     InvalidRule(String),
@@ -110,11 +112,17 @@ pub fn setup_veth(pid: u32, host_veth: &str, subnet: Subnet) -> Result<(), Netwo
 
 /// Deletes the host end of a veth pair (its peer goes with it). Absent is fine.
 pub fn delete_veth(host_veth: &str) -> Result<(), NetworkError> {
-    if !std::path::Path::new("/sys/class/net").join(host_veth).exists() {
+    if !std::path::Path::new("/sys/class/net")
+        .join(host_veth)
+        .exists()
+    {
         return Ok(());
     }
     match ip_batch(&format!("link del {host_veth}\n"), None) {
-        Err(NetworkError::Command { stderr, .. }) if stderr.contains("Cannot find device") => {
+        // The kernel removes the pair itself once the namespace is gone: it may just have.
+        Err(NetworkError::Command { stderr, .. })
+            if stderr.contains("Cannot find device") || stderr.contains("No such device") =>
+        {
             Ok(())
         }
         other => other,
@@ -202,7 +210,10 @@ fn feed(cmd: &mut Command, input: &str) -> Result<(), (String, String)> {
     if out.status.success() {
         Ok(())
     } else {
-        Err((describe, String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err((
+            describe,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -221,7 +232,10 @@ mod tests {
                 container_ip: Ipv4Addr::new(10, 254, 0, 2)
             }
         );
-        assert_eq!(pool.subnet(255).container_ip, Ipv4Addr::new(10, 254, 3, 254));
+        assert_eq!(
+            pool.subnet(255).container_ip,
+            Ipv4Addr::new(10, 254, 3, 254)
+        );
     }
 
     #[test]

@@ -77,7 +77,10 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let mut ports = PortAllocator::new(port, 1);
         assert!(matches!(ports.acquire(Some(port)), Err(Error::PortInUse(p)) if p == port));
-        assert!(matches!(ports.acquire(None), Err(Error::PortsExhausted { .. })));
+        assert!(matches!(
+            ports.acquire(None),
+            Err(Error::PortsExhausted { .. })
+        ));
     }
 
     #[test]

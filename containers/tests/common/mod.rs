@@ -13,7 +13,8 @@ use tokio::io::AsyncReadExt;
 pub fn tiny_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-{}", std::process::id()));
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-{}", std::process::id()));
         kiln_rootfs::recipes::build_tiny(&dir).expect("build the tiny stack");
         dir
     })
@@ -79,12 +80,26 @@ impl TestBackend {
     }
 
     /// Runs `sh -c script` as `user` and returns (exit, stdout, stderr).
-    pub async fn sh(&self, handle: &str, user: &str, script: &str) -> (ProcessExit, String, String) {
-        run(&self.backend, handle, ProcessSpec::new("/bin/sh", &["-c", script]).user(user)).await
+    pub async fn sh(
+        &self,
+        handle: &str,
+        user: &str,
+        script: &str,
+    ) -> (ProcessExit, String, String) {
+        run(
+            &self.backend,
+            handle,
+            ProcessSpec::new("/bin/sh", &["-c", script]).user(user),
+        )
+        .await
     }
 }
 
-pub async fn run(backend: &Backend, handle: &str, spec: ProcessSpec) -> (ProcessExit, String, String) {
+pub async fn run(
+    backend: &Backend,
+    handle: &str,
+    spec: ProcessSpec,
+) -> (ProcessExit, String, String) {
     let mut p = backend.run(handle, spec).await.expect("run");
     let mut out = p.take_stdout().expect("stdout");
     let mut err = p.take_stderr().expect("stderr");
@@ -141,14 +156,19 @@ pub fn leftovers(config: &Config, tag: &str) -> Vec<String> {
             found.push(format!("veth {name}"));
         }
     }
-    let saved = std::process::Command::new("iptables-save").output().expect("iptables-save");
+    let saved = std::process::Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
     for line in String::from_utf8_lossy(&saved.stdout).lines() {
         if line.contains(&format!("KILN-{tag}")) {
             found.push(format!("iptables: {line}"));
         }
     }
     for ctrl in ["memory", "pids", "cpu", "devices"] {
-        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("kiln").join(tag);
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("kiln")
+            .join(tag);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten().filter(|e| e.path().is_dir()) {
                 found.push(format!("cgroup {}", e.path().display()));
@@ -160,10 +180,15 @@ pub fn leftovers(config: &Config, tag: &str) -> Vec<String> {
 
 /// The address of the host's first non-loopback IPv4 interface, if any.
 pub fn host_address() -> Option<Ipv4Addr> {
-    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let cidr = l.split_whitespace().nth(3)?;
-        if l.contains(" kl") { return None; }
+        if l.contains(" kl") {
+            return None;
+        }
         cidr.split('/').next()?.parse().ok()
     })
 }
