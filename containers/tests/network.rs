@@ -62,10 +62,8 @@ impl Peer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // SAFETY: setns on this thread only; the fd is open.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "enter the peer's network namespace");
             let listener = TcpListener::bind((address, port)).expect("bind in peer");
             ready_tx.send(()).expect("ready");
             for mut conn in listener.incoming().flatten() {
