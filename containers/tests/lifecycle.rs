@@ -36,6 +36,22 @@ async fn a_container_runs_processes_and_destroy_leaves_nothing() {
     assert!(metrics.memory_bytes > 0, "{metrics:?}");
     assert!(t.backend.capacity().max_containers >= 1);
 
+    // The audit sees every kind of resource a live container holds...
+    let held = t.backend.resources_on_machine();
+    for kind in [
+        "runc container life",
+        "mount ",
+        "network interface ",
+        "iptables -A POSTROUTING",
+        "iptables -A INPUT",
+        "cgroup ",
+    ] {
+        assert!(
+            held.iter().any(|r| r.starts_with(kind)),
+            "no {kind:?} in {held:?}"
+        );
+    }
+
     t.backend
         .stop("life", Duration::from_secs(5))
         .await
@@ -51,9 +67,10 @@ async fn a_container_runs_processes_and_destroy_leaves_nothing() {
         Err(Error::NotActive { .. })
     ));
 
+    // ...and none of them after destroy.
     t.backend.destroy("life").await.expect("destroy");
     assert!(matches!(t.backend.info("life"), Err(Error::NotFound(_))));
-    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
     assert!(matches!(
         t.backend.destroy("life").await,
         Err(Error::NotFound(_))
@@ -124,5 +141,5 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
     drop(listener);
     assert_eq!(t.backend.list(&BTreeMap::new()), vec!["taken"]);
     t.backend.destroy("taken").await.expect("destroy");
-    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }

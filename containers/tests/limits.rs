@@ -55,7 +55,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
         .await
         .expect("stop");
     t.backend.destroy("bomb").await.expect("destroy");
-    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ async fn egress_is_denied_by_default_and_allowed_by_a_rule() {
     assert_eq!(t.backend.info("egress").expect("info").net_out.len(), 1);
 
     t.backend.destroy("egress").await.expect("destroy");
-    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -181,5 +181,5 @@ async fn net_in_forwards_host_ports_to_the_container() {
         );
     }
     t.backend.destroy("web").await.expect("destroy");
-    assert_eq!(leftovers(&t.config, t.backend.tag()), Vec::<String>::new());
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }

@@ -73,7 +73,6 @@ async fn recover(index: u8, policy: Recovery) {
     let backend = Backend::new(config.clone())
         .await
         .expect("recovering backend");
-    let tag = backend.tag().to_string();
     let guard = Cleanup(config.clone());
 
     let mut handles = backend.list(&Default::default());
@@ -104,7 +103,7 @@ async fn recover(index: u8, policy: Recovery) {
         }
         Recovery::Destroy => assert!(handles.is_empty(), "{handles:?}"),
     }
-    assert_eq!(leftovers(&config, &tag), Vec::<String>::new());
+    assert_eq!(backend.resources_on_machine(), Vec::<String>::new());
     drop(guard);
 }
 

@@ -75,7 +75,10 @@ async fn bench(config: &Config, scratch: &Path, iterations: usize) -> Result<ser
             eprintln!("  {}/{iterations}", i + 1);
         }
     }
-    let leftovers = backend.list(&Default::default()).len();
+    let leftovers = backend.resources_on_machine();
+    for resource in &leftovers {
+        eprintln!("left after destroy: {resource}");
+    }
     let (p50, p99) = percentiles(&mut start);
     let (d50, d99) = percentiles(&mut destroy);
     let (b50, b99) = percentiles(&mut baseline.clone());
@@ -87,7 +90,7 @@ async fn bench(config: &Config, scratch: &Path, iterations: usize) -> Result<ser
         "baseline": "runc run",
         "baseline_p50_ms": b50, "baseline_p99_ms": b99,
         "ratio": round(p50 / b50),
-        "containers_left": leftovers,
+        "resources_left_after_destroy": leftovers.len(),
     }))
 }
 

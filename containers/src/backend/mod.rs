@@ -5,6 +5,7 @@
 //! slots and ports are taken is decided under one short lock, so concurrent creates never
 //! collide; the slow part of each operation runs outside it.
 
+mod audit;
 mod create;
 mod process;
 mod recovery;

@@ -128,56 +128,6 @@ impl Drop for TestBackend {
     }
 }
 
-/// What a backend could leave on the machine, described; empty when nothing is left.
-pub fn leftovers(config: &Config, tag: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let runc = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(config.data_dir.join("runc"))
-        .args(["list", "-q"])
-        .output()
-        .expect("runc list");
-    let ids = String::from_utf8_lossy(&runc.stdout).trim().to_string();
-    if !ids.is_empty() {
-        found.push(format!("runc containers: {ids}"));
-    }
-    let data = config.data_dir.to_string_lossy().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    for line in mounts.lines() {
-        if let Some(mp) = line.split(' ').nth(4) {
-            if mp.starts_with(&data) && mp != format!("{data}/store") {
-                found.push(format!("mount {mp}"));
-            }
-        }
-    }
-    for link in std::fs::read_dir("/sys/class/net").expect("net").flatten() {
-        let name = link.file_name().to_string_lossy().to_string();
-        if name.starts_with(&format!("kl{tag}")) {
-            found.push(format!("veth {name}"));
-        }
-    }
-    let saved = std::process::Command::new("iptables-save")
-        .output()
-        .expect("iptables-save");
-    for line in String::from_utf8_lossy(&saved.stdout).lines() {
-        if line.contains(&format!("KILN-{tag}")) {
-            found.push(format!("iptables: {line}"));
-        }
-    }
-    for ctrl in ["memory", "pids", "cpu", "devices"] {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("kiln")
-            .join(tag);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                found.push(format!("cgroup {}", e.path().display()));
-            }
-        }
-    }
-    found
-}
-
 /// The address of the host's first non-loopback IPv4 interface, if any.
 pub fn host_address() -> Option<Ipv4Addr> {
     let out = std::process::Command::new("ip")
