@@ -146,3 +146,35 @@ async fn containers_see_neither_each_other_nor_the_hosts_services() {
     );
     let _ = b;
 }
+
+#[tokio::test]
+async fn bind_mounts_are_visible_and_read_only() {
+    let t = TestBackend::new(16).await;
+    let shared = tempfile::tempdir().expect("tempdir");
+    std::fs::write(shared.path().join("droplet.txt"), "from the host").expect("write");
+    let mut s = spec("bind");
+    s.bind_mounts = vec![kiln_containers::BindMount {
+        host_path: shared.path().to_path_buf(),
+        container_path: "/home/vcap/shared".into(),
+    }];
+    t.backend.create(s).await.expect("create");
+    let (exit, out, _) = t
+        .sh("bind", "root", "cat /home/vcap/shared/droplet.txt")
+        .await;
+    assert_eq!((exit.code, out.as_str()), (0, "from the host"));
+    let (exit, _, _) = t
+        .sh(
+            "bind",
+            "root",
+            "echo changed > /home/vcap/shared/droplet.txt",
+        )
+        .await;
+    assert_ne!(
+        exit.code, 0,
+        "container root wrote through a read-only bind mount"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("droplet.txt")).expect("read"),
+        "from the host"
+    );
+}

@@ -65,6 +65,21 @@ async fn output_streams_as_written_and_exit_codes_are_reported() {
     .await;
     assert_eq!((exit.code, out.as_str()), (0, "hi /tmp\n"));
 
+    let (exit, out, _) = run(
+        &t.backend,
+        "p",
+        ProcessSpec {
+            rlimits: vec![kiln_containers::Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                soft: 64,
+                hard: 128,
+            }],
+            ..ProcessSpec::new("/bin/sh", &["-c", "ulimit -n; ulimit -Hn"])
+        },
+    )
+    .await;
+    assert_eq!((exit.code, out.as_str()), (0, "64\n128\n"));
+
     let err = t
         .backend
         .run("p", ProcessSpec::new("/bin/true", &[]).user("nobody-here"))
