@@ -15,7 +15,9 @@
  * A process is forked here, so it inherits this init's seccomp filter, no_new_privs, bounding
  * set and namespaces; it then drops to its user (setgroups, setgid, setuid: capabilities go
  * with root), sets its rlimits (lowering only), and execs. When the backend's end closes, init
- * stays as a plain reaper so that a restarted backend can adopt the container.
+ * stays as a plain reaper so that a restarted backend can adopt the container. On SIGTERM it
+ * passes the signal to the processes it started and exits once they have ended (a graceful
+ * stop; the backend SIGKILLs what is left after the grace period).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,13 +28,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAX_MSG 65536
+#define MAX_MSG (256 * 1024)
 #define MAX_FIELDS 4096
 #define MAX_PROCS 4096
 #define ID_LEN 96
@@ -40,6 +43,13 @@
 struct proc { pid_t pid; char id[ID_LEN]; };
 static struct proc procs[MAX_PROCS];
 static int control = -1;
+static int stopping = 0;
+
+static int tracked(void) {
+    int n = 0;
+    for (int i = 0; i < MAX_PROCS; i++) n += procs[i].pid != 0;
+    return n;
+}
 
 static void reply(const char *kind, const char *id, long a, const char *b) {
     char buf[512];
@@ -167,7 +177,8 @@ static void handle_kill(char **f, int n) {
     if (n < 3) return;
     for (int i = 0; i < MAX_PROCS; i++) {
         if (procs[i].pid != 0 && strcmp(procs[i].id, f[1]) == 0) {
-            kill(procs[i].pid, atoi(f[2]));
+            /* The process leads its own group (setsid): signal everything it started. */
+            if (kill(-procs[i].pid, atoi(f[2])) != 0) kill(procs[i].pid, atoi(f[2]));
         }
     }
 }
@@ -220,6 +231,7 @@ static void reap(void) {
             }
         }
     }
+    if (stopping && tracked() == 0) exit(0);
 }
 
 int main(void) {
@@ -230,6 +242,9 @@ int main(void) {
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    /* Not dumpable: container processes, root included, cannot ptrace this init or open its
+       /proc files (mem, fds), so they cannot use its channel to the backend. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     /* Keep the control socket off fd 0 and out of every child; fd 0 becomes /dev/null. */
     int type = 0;
@@ -254,7 +269,13 @@ int main(void) {
                 if (si.ssi_signo == SIGCHLD) {
                     reap();
                 } else {
-                    return 0;
+                    /* A graceful stop: pass it on, and end once the processes have. */
+                    stopping = 1;
+                    for (int i = 0; i < MAX_PROCS; i++) {
+                        if (procs[i].pid != 0) kill(-procs[i].pid, SIGTERM);
+                    }
+                    reap();
+                    if (tracked() == 0) return 0;
                 }
                 break;
             }

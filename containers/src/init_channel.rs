@@ -15,6 +15,11 @@ use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+/// The largest request init reads (its buffer is 256 KiB; the socket's send buffer is smaller).
+const MAX_REQUEST: usize = 192 * 1024;
+/// How long init may take to answer a request or to make room for one.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What init answers to a `run`.
 #[derive(Debug)]
 pub enum Started {
@@ -85,14 +90,10 @@ impl InitChannel {
             socket,
             pending: Mutex::new(Pending::default()),
         });
-        let reader = Arc::downgrade(&channel);
-        tokio::spawn(async move {
-            while let Some(channel) = reader.upgrade() {
-                if !channel.read_one().await {
-                    break;
-                }
-            }
-        });
+        // The reader keeps the channel alive as long as init keeps its end open: the channel
+        // ends when the container does.
+        let reader = channel.clone();
+        tokio::spawn(async move { while reader.read_one().await {} });
         Ok(channel)
     }
 
@@ -124,6 +125,16 @@ impl InitChannel {
                 "arguments and environment may not contain NUL",
             ));
         }
+        let payload = encode(&fields);
+        if payload.len() > MAX_REQUEST {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "arguments and environment take {} bytes, over the {MAX_REQUEST} a process may be given",
+                    payload.len()
+                ),
+            ));
+        }
         let (started_tx, started_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
         {
@@ -136,7 +147,7 @@ impl InitChannel {
             stdio[1].as_raw_fd(),
             stdio[2].as_raw_fd(),
         ];
-        if let Err(e) = self.send(&encode(&fields), &fds).await {
+        if let Err(e) = self.send(&payload, &fds).await {
             let mut pending = self.lock();
             pending.started.remove(req.id);
             pending.exited.remove(req.id);
@@ -159,6 +170,17 @@ impl InitChannel {
     }
 
     async fn send(&self, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        tokio::time::timeout(REPLY_TIMEOUT, self.send_now(payload, fds))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the container's init is not reading",
+                )
+            })?
+    }
+
+    async fn send_now(&self, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
         loop {
             let mut guard = self.socket.writable().await?;
             match guard.try_io(|s| sendmsg(s.get_ref().as_raw_fd(), payload, fds)) {

@@ -18,6 +18,7 @@
 //! namespace that can reach neither the host's services nor other containers unless a NetOut
 //! rule allows it.
 
+mod as_user;
 pub mod backend;
 pub mod bundle;
 pub mod config;

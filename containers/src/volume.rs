@@ -266,7 +266,7 @@ fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
             c"overlay".as_ptr(),
             target_c.as_ptr(),
             c"overlay".as_ptr(),
-            0,
+            libc::MS_NOSUID | libc::MS_NODEV,
             options_c.as_ptr() as *const libc::c_void,
         )
     };

@@ -52,10 +52,37 @@ async fn a_container_runs_processes_and_destroy_leaves_nothing() {
         );
     }
 
+    // stop gives processes their grace: a TERM handler runs to its end.
+    let mut graceful = t
+        .backend
+        .run(
+            "life",
+            kiln_containers::ProcessSpec::new(
+                "/bin/sh",
+                &["-c", "trap 'sleep 0.3; echo cleaned-up; exit 0' TERM; echo ready; while :; do sleep 0.1; done"],
+            ),
+        )
+        .await
+        .expect("run");
+    let mut out = tokio::io::BufReader::new(graceful.take_stdout().expect("stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+        .await
+        .expect("read");
+    assert_eq!(line, "ready\n");
     t.backend
         .stop("life", Duration::from_secs(5))
         .await
         .expect("stop");
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut out, &mut rest)
+        .await
+        .expect("read");
+    assert_eq!(
+        rest, "cleaned-up\n",
+        "the process was not given its grace period"
+    );
+    assert_eq!(graceful.wait().await.expect("wait").code, 0);
     assert_eq!(
         t.backend.info("life").expect("info").state,
         ContainerState::Stopped

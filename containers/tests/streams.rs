@@ -93,12 +93,16 @@ async fn files_round_trip_and_hostile_tars_are_refused() {
             raw_entry("/etc/evil", tar::EntryType::Regular, None),
         ),
         (
-            "link",
-            raw_entry("link", tar::EntryType::Symlink, Some("/etc")),
+            "evil-soft",
+            raw_entry("evil-soft", tar::EntryType::Symlink, Some("/etc")),
         ),
         (
-            "hard",
-            raw_entry("hard", tar::EntryType::Link, Some("../../../../etc/shadow")),
+            "evil-hard",
+            raw_entry(
+                "evil-hard",
+                tar::EntryType::Link,
+                Some("../../../../etc/shadow"),
+            ),
         ),
     ];
     for (name, tar) in hostile {
@@ -142,9 +146,10 @@ async fn symlinks_planted_in_the_container_never_reach_host_files() {
             ),
         }
     }
-    // Streaming in through a planted symlink writes inside the container, never on the host.
+    // Streaming in as vcap through a symlink vcap planted (/home/vcap/x/etc -> /etc) writes
+    // nowhere vcap could not: not into the container's root-owned /etc, never the host's.
     let marker = format!("kiln-planted-{}", std::process::id());
-    let _ = t
+    let result = t
         .backend
         .stream_in(
             "planted",
@@ -154,7 +159,34 @@ async fn symlinks_planted_in_the_container_never_reach_host_files() {
         )
         .await;
     assert!(
+        result.is_err(),
+        "vcap's symlink let stream_in write into /etc"
+    );
+    assert!(
         !std::path::Path::new("/etc").join(&marker).exists(),
         "wrote into the host's /etc"
     );
+    let (_, out, _) = t
+        .sh(
+            "planted",
+            "root",
+            &format!("ls /etc/{marker}; stat -c %u /etc/passwd"),
+        )
+        .await;
+    assert_eq!(
+        out, "0\n",
+        "the container's /etc was written or chowned: {out}"
+    );
+    // The same stream as root is allowed: root owns /etc.
+    t.backend
+        .stream_in(
+            "planted",
+            "/home/vcap/x/etc",
+            Some("root"),
+            Cursor::new(tar_of(&[(&marker, b"x")])),
+        )
+        .await
+        .expect("root may write its own /etc");
+    let (_, out, _) = t.sh("planted", "root", &format!("cat /etc/{marker}")).await;
+    assert_eq!(out, "x");
 }

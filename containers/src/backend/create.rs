@@ -91,6 +91,18 @@ impl Backend {
                 drop(table);
                 self.info(&handle)
             }
+            Err(
+                e @ Error::CreateFailed {
+                    cleanup: Some(_), ..
+                },
+            ) => {
+                // Something is left: keep the container listed (stopped) so that destroy
+                // can finish the job, and keep its slot and ports out of use until then.
+                if let Some(entry) = table.containers.get_mut(&handle) {
+                    entry.record.state = ContainerState::Stopped;
+                }
+                Err(e)
+            }
             Err(e) => {
                 if let Some(entry) = table.containers.remove(&handle) {
                     table.slots.remove(&entry.record.slot);
@@ -268,13 +280,13 @@ impl Inner {
                 let _ = self.runc.kill_all(handle, "KILL");
             }
         }
-        let mut record = self.record(handle)?;
-        record.state = ContainerState::Stopped;
-        self.dir(handle).save(&record)?;
-        if let Some(entry) = self.table().containers.get_mut(handle) {
-            entry.record = record;
-        }
-        Ok(())
+        let mut table = self.table();
+        let entry = table
+            .containers
+            .get_mut(handle)
+            .ok_or_else(|| Error::NotFound(handle.to_string()))?;
+        entry.record.state = ContainerState::Stopped;
+        self.dir(handle).save(&entry.record)
     }
 }
 
@@ -386,7 +398,12 @@ fn write_etc(rootfs: &Path, handle: &str, record: &ContainerRecord) -> Result<()
         owner: Some((record.ids.host_base, record.ids.host_base)),
         ..ExtractOptions::default()
     };
-    archive::extract_in_root(rootfs, Path::new("/etc"), Cursor::new(tar), &options)?;
+    let root = record.ids.host_base;
+    let rootfs = rootfs.to_path_buf();
+    crate::as_user::run_as(root, root, move || {
+        archive::extract_in_root(&rootfs, Path::new("/etc"), Cursor::new(tar), &options)
+    })
+    .map_err(|e| Error::io("write /etc files", "", e))??;
     Ok(())
 }
 

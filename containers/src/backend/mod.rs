@@ -212,10 +212,11 @@ impl Backend {
             container_port,
         };
         let result = self
-            .update_rules(handle, move |chains, record| {
-                record.mapped_ports.push(mapping);
-                Ok(chains.net_in(mapping))
-            })
+            .update_rules(
+                handle,
+                move |chains| Ok(chains.net_in(mapping)),
+                move |record| record.mapped_ports.push(mapping),
+            )
             .await;
         if result.is_err() {
             self.inner.table().ports.release(port);
@@ -225,33 +226,37 @@ impl Backend {
 
     /// Allows egress matching `rule`.
     pub async fn net_out(&self, handle: &str, rule: NetOutRule) -> Result<()> {
-        self.update_rules(handle, move |chains, record| {
-            let script = chains.net_out(&rule)?;
-            record.net_out.push(rule);
-            Ok(script)
-        })
+        crate::network::iptables::net_out_matches(&rule)?;
+        let recorded = rule.clone();
+        self.update_rules(
+            handle,
+            move |chains| chains.net_out(&rule),
+            move |record| record.net_out.push(recorded),
+        )
         .await
     }
 
-    /// Applies the rules `change` makes of the container's record, then saves the record.
+    /// Applies the rules `script` makes for the container, then records the change with
+    /// `apply` on the container's current record (under the table lock, so concurrent changes
+    /// are not lost) and saves it.
     async fn update_rules(
         &self,
         handle: &str,
-        change: impl FnOnce(&Chains, &mut ContainerRecord) -> Result<String, NetworkError>
-            + Send
-            + 'static,
+        script: impl FnOnce(&Chains) -> Result<String, NetworkError> + Send + 'static,
+        apply: impl FnOnce(&mut ContainerRecord) + Send + 'static,
     ) -> Result<()> {
-        let mut record = self.inner.record(handle)?;
+        let record = self.inner.record(handle)?;
         let inner = self.inner.clone();
         let handle = handle.to_string();
         tokio::task::spawn_blocking(move || {
-            let script = change(&inner.chains(&record), &mut record)?;
-            network::iptables_restore(&script)?;
-            inner.dir(&handle).save(&record)?;
-            if let Some(entry) = inner.table().containers.get_mut(&handle) {
-                entry.record = record;
-            }
-            Ok(())
+            network::iptables_restore(&script(&inner.chains(&record))?)?;
+            let mut table = inner.table();
+            let entry = table
+                .containers
+                .get_mut(&handle)
+                .ok_or_else(|| Error::NotFound(handle.clone()))?;
+            apply(&mut entry.record);
+            inner.dir(&handle).save(&entry.record)
         })
         .await?
     }
@@ -267,12 +272,24 @@ impl Backend {
     /// Destroys the container and everything it held. Destroying an unknown handle is an error;
     /// a half-destroyed container is finished off by the next destroy or by recovery.
     pub async fn destroy(&self, handle: &str) -> Result<()> {
-        let entry = self
-            .inner
-            .table()
-            .containers
-            .remove(handle)
-            .ok_or_else(|| Error::NotFound(handle.to_string()))?;
+        let entry = {
+            let mut table = self.inner.table();
+            match table.containers.get(handle) {
+                None => return Err(Error::NotFound(handle.to_string())),
+                // Its create is still running and will undo itself if it fails.
+                Some(e) if e.record.state == ContainerState::Creating => {
+                    return Err(Error::NotActive {
+                        handle: handle.to_string(),
+                        state: "still being created".into(),
+                    })
+                }
+                Some(_) => {}
+            }
+            table
+                .containers
+                .remove(handle)
+                .ok_or_else(|| Error::NotFound(handle.to_string()))?
+        };
         let inner = self.inner.clone();
         let record = entry.record;
         tokio::task::spawn_blocking(move || {

@@ -51,8 +51,24 @@ impl Inner {
                     },
                 );
             } else {
-                info!(handle, "recovery.destroyed");
-                self.teardown(&record)?;
+                if let Err(e) = self.teardown(&record) {
+                    // Keep it listed (stopped) so destroy can retry; one bad container must
+                    // not keep the backend from starting.
+                    warn!(handle, error = %e, "recovery.destroy-failed");
+                    let mut record = record;
+                    record.state = ContainerState::Stopped;
+                    self.table().slots.insert(record.slot);
+                    self.table().containers.insert(
+                        handle.clone(),
+                        Entry {
+                            record,
+                            processes: Default::default(),
+                            channel: None,
+                        },
+                    );
+                } else {
+                    info!(handle, "recovery.destroyed");
+                }
             }
         }
         // runc containers of this backend without a directory: remnants of a crash.

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use kiln_rootfs::archive::{self, ExtractOptions};
 
 use super::Backend;
+use crate::as_user::run_as;
 use crate::error::{Error, Result};
 
 impl Backend {
@@ -31,6 +32,15 @@ impl Backend {
                 handle: handle.to_string(),
                 user: user_name.to_string(),
             })?;
+        if user.uid >= record.ids.size || user.gid >= record.ids.size {
+            return Err(Error::UnknownUser {
+                handle: handle.to_string(),
+                user: format!(
+                    "{user_name} (uid {} is outside the container's id range)",
+                    user.uid
+                ),
+            });
+        }
         let owner = (
             record.ids.host_base + user.uid,
             record.ids.host_base + user.gid,
@@ -42,7 +52,10 @@ impl Backend {
                 owner: Some(owner),
                 ..ExtractOptions::default()
             };
-            archive::extract_in_root(&rootfs, &path, tar, &options)?;
+            run_as(owner.0, owner.1, move || {
+                archive::extract_in_root(&rootfs, &path, tar, &options)
+            })
+            .map_err(|e| Error::io("stream in", "", e))??;
             Ok(())
         })
         .await?
@@ -55,13 +68,18 @@ impl Backend {
         path: &str,
         out: W,
     ) -> Result<W> {
-        self.inner.record(handle)?;
+        let record = self.inner.record(handle)?;
+        let root = record.ids.host_base;
         let rootfs = self.inner.dir(handle).rootfs();
         let path = PathBuf::from(path);
         tokio::task::spawn_blocking(move || {
-            let mut out = out;
-            archive::archive_from_root(&rootfs, &path, &mut out)?;
-            Ok(out)
+            // With the rights of container root, never the host's.
+            run_as(root, root, move || {
+                let mut out = out;
+                archive::archive_from_root(&rootfs, &path, &mut out).map(|()| out)
+            })
+            .map_err(|e| Error::io("stream out", "", e))?
+            .map_err(Error::from)
         })
         .await?
     }

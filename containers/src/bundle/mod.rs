@@ -191,7 +191,8 @@ impl ContainerBundle<'_> {
                     .destination(&bind.container_path)
                     .typ("bind")
                     .source(&bind.host_path)
-                    .options(strings(&["rbind", "ro", "nosuid", "nodev"]))
+                    // `bind`, not `rbind`: mounts below the host path would not be read-only.
+                    .options(strings(&["bind", "ro", "nosuid", "nodev"]))
                     .build()?,
             );
         }

@@ -364,6 +364,18 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
                 .build()?])
             .build()?,
     );
+    // socket in every address family but AF_VSOCK (a path to the hypervisor).
+    syscalls.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["socket".to_string()])
+            .action(LinuxSeccompAction::ScmpActAllow)
+            .args(vec![LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(libc::AF_VSOCK as u64)
+                .op(LinuxSeccompOperator::ScmpCmpNe)
+                .build()?])
+            .build()?,
+    );
     for value in PERSONALITIES {
         syscalls.push(
             LinuxSyscallBuilder::default()

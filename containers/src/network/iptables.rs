@@ -2,9 +2,13 @@
 //! one process and one atomic commit.
 //!
 //! Per container (slot `i` of backend `tag`):
-//! - filter chain `KILN-<tag>-<i>`, jumped to from INPUT and FORWARD for traffic coming out of
-//!   the container's host veth: established traffic passes, NetOut rules accept, the rest is
-//!   rejected. So egress is denied by default and the host's own services are unreachable.
+//! - filter chain `KILN-<tag>-<i>`, jumped to from FORWARD for traffic coming out of the
+//!   container's host veth: established traffic passes, NetOut rules accept, the rest is
+//!   rejected. So egress is denied by default.
+//! - INPUT from the veth: only replies pass. The host's own services stay unreachable whatever
+//!   NetOut allows.
+//! - FORWARD to the veth: only replies and NetIn (DNAT) connections pass, so nothing routed
+//!   from elsewhere, other containers included, reaches a container's ports directly.
 //! - nat chain `KILN-<tag>-<i>N`, jumped to from PREROUTING and OUTPUT for traffic to a local
 //!   address: one DNAT per NetIn port.
 //! - nat POSTROUTING: masquerade the container's egress, and connections from the host's
@@ -39,8 +43,11 @@ impl Chains {
              :{filter} - [0:0]\n\
              -A {filter} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
              -A {filter} -j REJECT --reject-with icmp-port-unreachable\n\
-             -I INPUT 1 -i {veth} -j {filter}\n\
+             -I INPUT 1 -i {veth} -j REJECT --reject-with icmp-port-unreachable\n\
+             -I INPUT 1 -i {veth} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
              -I FORWARD 1 -i {veth} -j {filter}\n\
+             -I FORWARD 1 -o {veth} -j REJECT --reject-with icmp-port-unreachable\n\
+             -I FORWARD 1 -o {veth} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n\
              COMMIT\n\
              *nat\n\
              :{nat} - [0:0]\n\
@@ -281,15 +288,18 @@ mod tests {
     #[test]
     fn delete_created_undoes_create() {
         let script = chains().delete_created();
-        assert!(
-            script.contains("-D INPUT -i klabc123007h -j KILN-abc123-7\n"),
-            "{script}"
-        );
+        for rule in [
+            "-D INPUT -i klabc123007h -j REJECT --reject-with icmp-port-unreachable\n",
+            "-D FORWARD -i klabc123007h -j KILN-abc123-7\n",
+            "-D FORWARD -o klabc123007h -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n",
+        ] {
+            assert!(script.contains(rule), "{rule:?} missing from {script}");
+        }
         assert!(script.contains("-D OUTPUT -m addrtype --dst-type LOCAL -j KILN-abc123-7N\n"));
         assert!(script.contains("-F KILN-abc123-7N\n-X KILN-abc123-7N\nCOMMIT"));
         assert!(
-            !script.contains("REJECT"),
-            "rules inside our chains are flushed: {script}"
+            !script.contains("-D KILN-"),
+            "rules inside our chains are flushed with them: {script}"
         );
     }
 

@@ -99,6 +99,23 @@ pub fn setup_veth(pid: u32, host_veth: &str, subnet: Subnet) -> Result<(), Netwo
         format!("/proc/sys/net/ipv4/conf/{host_veth}/route_localnet"),
         "1",
     );
+    // No IPv6 on the host end: no link-local address for a container to reach the host's
+    // services by, and no path the IPv4 rules do not see.
+    std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{host_veth}/disable_ipv6"),
+        "1",
+    )
+    .or_else(|e| {
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            Err(e)
+        } else {
+            Ok(()) // a kernel without IPv6
+        }
+    })
+    .map_err(|e| NetworkError::Command {
+        command: format!("disable IPv6 on {host_veth}"),
+        stderr: e.to_string(),
+    })?;
     ip_batch(
         &format!(
             "link set lo up\n\
