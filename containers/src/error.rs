@@ -96,6 +96,11 @@ pub enum Error {
         cleanup: Option<Box<Error>>,
     },
 
+    #[error(
+        "the data dir {0} is in use by another backend: stop it first (one backend per data dir)"
+    )]
+    DataDirInUse(PathBuf),
+
     #[error("backend task failed: {0}")]
     Task(String),
 }

@@ -73,6 +73,19 @@ async fn container_root_gets_neither_host_files_nor_dangerous_syscalls() {
             "expected {expected}, probe said:\n{out}"
         );
     }
+    let (_, out, _) = t
+        .sh(
+            "iso",
+            "vcap",
+            "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status",
+        )
+        .await;
+    assert!(out.contains("Seccomp:\t2"), "no seccomp filter: {out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000000"),
+        "vcap has capabilities: {out}"
+    );
     let (_, out, _) = t.sh("iso", "vcap", "/tmp/probe").await;
     assert!(out.contains("unshare_user=EPERM"), "{out}");
 }

@@ -70,10 +70,11 @@ async fn recover(index: u8, policy: Recovery) {
     crash_an_owner(index, &data_dir);
     let mut config = config_for(index, &data_dir);
     config.recovery = policy;
+    // Declared before the backend, so dropped after it (the clean-up needs the data dir lock).
+    let guard = Cleanup(config.clone());
     let backend = Backend::new(config.clone())
         .await
         .expect("recovering backend");
-    let guard = Cleanup(config.clone());
 
     let mut handles = backend.list(&Default::default());
     handles.sort();
@@ -104,6 +105,12 @@ async fn recover(index: u8, policy: Recovery) {
         Recovery::Destroy => assert!(handles.is_empty(), "{handles:?}"),
     }
     assert_eq!(backend.resources_on_machine(), Vec::<String>::new());
+    // A second backend on the same data dir is refused while this one lives.
+    assert!(matches!(
+        Backend::new(config.clone()).await,
+        Err(kiln_containers::Error::DataDirInUse(_))
+    ));
+    drop(backend);
     drop(guard);
 }
 

@@ -50,6 +50,9 @@ struct Inner {
     containers_dir: PathBuf,
     init_binary: PathBuf,
     table: Mutex<Table>,
+    /// An exclusive lock on `<data_dir>/lock`: one backend per data dir, or recovery would
+    /// destroy another owner's live containers. Released when the backend is dropped.
+    _lock: std::fs::File,
 }
 
 /// Which handles, slots and ports are taken.
@@ -327,6 +330,7 @@ impl Inner {
             // Container roots (mapped uids) must traverse to their rootfs and init binary.
             set_mode(dir, 0o711)?;
         }
+        let lock = lock_data_dir(data_dir)?;
         let runc = Runc::new(&config.runtime_path, &data_dir.join("runc"))?;
         let init_binary = bin_dir.join("kiln-init");
         install_init(&init_binary)?;
@@ -351,6 +355,7 @@ impl Inner {
                 ports,
             }),
             config,
+            _lock: lock,
         })
     }
 
@@ -427,6 +432,17 @@ fn backend_tag(data_dir: &Path) -> String {
         .unwrap_or_else(|_| data_dir.to_path_buf());
     let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     hex::encode(digest)[..6].to_string()
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("lock");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io("open lock", &path, e))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::DataDirInUse(data_dir.to_path_buf()));
+    }
+    Ok(file)
 }
 
 fn install_init(path: &Path) -> Result<()> {

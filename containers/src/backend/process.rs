@@ -42,10 +42,12 @@ pub struct Process {
 #[derive(Debug, Clone)]
 enum Signals {
     Init(Arc<InitChannel>),
-    /// `runc exec`: our child forwards signals; SIGKILL goes to the pid in `pid_file`.
+    /// `runc exec`: our child forwards signals; SIGKILL goes to the pid in `pid_file`, if that
+    /// pid is (still) in the container's cgroup.
     Runc {
         runc_pid: u32,
         pid_file: PathBuf,
+        cgroups_path: String,
     },
 }
 
@@ -102,10 +104,18 @@ async fn send_signal(signals: &Signals, id: &str, signal: i32) -> Result<()> {
             .kill(id, signal)
             .await
             .map_err(|e| Error::io("signal process", id, e)),
-        Signals::Runc { runc_pid, pid_file } => {
+        Signals::Runc {
+            runc_pid,
+            pid_file,
+            cgroups_path,
+        } => {
             let target = if signal == libc::SIGKILL {
                 // runc cannot forward SIGKILL: kill the process itself, then runc exits too.
-                read_pid(pid_file).unwrap_or(*runc_pid as i32)
+                // A pid read from a file may have been reused: only one in our cgroup counts.
+                match read_pid(pid_file).filter(|pid| in_cgroup(*pid, cgroups_path)) {
+                    Some(pid) => pid,
+                    None => *runc_pid as i32,
+                }
             } else {
                 *runc_pid as i32
             };
@@ -253,7 +263,11 @@ impl Backend {
                 stdout: pipes.1,
                 stderr: pipes.2,
                 exit: placeholder,
-                signals: Signals::Runc { runc_pid, pid_file },
+                signals: Signals::Runc {
+                    runc_pid,
+                    pid_file,
+                    cgroups_path: self.inner.cgroups_path(handle),
+                },
             },
             exited_rx,
         ))
@@ -419,6 +433,11 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both fds were just created and are owned by nothing else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn in_cgroup(pid: i32, cgroups_path: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.ends_with(cgroups_path)))
 }
 
 fn read_pid(path: &Path) -> Option<i32> {

@@ -26,7 +26,8 @@ pub fn stacks_dir() -> PathBuf {
 
 /// A backend of its own for test number `index` (unique per test in the whole suite).
 pub struct TestBackend {
-    pub backend: Backend,
+    /// Dropped before the clean-up, which needs the data dir's lock.
+    pub backend: std::mem::ManuallyDrop<Backend>,
     pub config: Config,
     _dir: tempfile::TempDir,
 }
@@ -65,7 +66,7 @@ impl TestBackend {
             .await
             .expect("import tiny");
         TestBackend {
-            backend,
+            backend: std::mem::ManuallyDrop::new(backend),
             config,
             _dir: dir,
         }
@@ -122,6 +123,8 @@ pub fn spec(handle: &str) -> ContainerSpec {
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
+        // SAFETY: `backend` is not used after this; drop runs once.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
         if let Err(e) = Backend::destroy_all(&self.config) {
             eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
         }
