@@ -12,7 +12,7 @@ use std::process::Stdio;
 use kiln_rootfs::archive::{self, ExtractOptions};
 use tracing::{info, info_span, warn};
 
-use super::{Backend, Entry, Inner};
+use super::{Backend, Inner};
 use crate::bundle::{self, ContainerBundle};
 use crate::error::{Error, Result};
 use crate::init_channel::{socketpair, InitChannel};
@@ -105,10 +105,7 @@ impl Backend {
             }
             Err(e) => {
                 if let Some(entry) = table.containers.remove(&handle) {
-                    table.slots.remove(&entry.record.slot);
-                    for m in &entry.record.mapped_ports {
-                        table.ports.release(m.host_port);
-                    }
+                    table.release(&entry.record);
                 }
                 Err(e)
             }
@@ -142,7 +139,6 @@ impl Inner {
                 }
             }
         }
-        table.slots.insert(slot);
         let record = ContainerRecord {
             net_out: spec.net_out.clone(),
             spec,
@@ -153,14 +149,7 @@ impl Inner {
             mapped_ports,
             users: BTreeMap::new(),
         };
-        table.containers.insert(
-            record.spec.handle.clone(),
-            Entry {
-                record: record.clone(),
-                processes: Default::default(),
-                channel: None,
-            },
-        );
+        table.hold(record.clone());
         Ok(record)
     }
 

@@ -299,24 +299,41 @@ impl Backend {
             let result = inner.teardown(&record);
             let mut table = inner.table();
             if result.is_ok() {
-                table.slots.remove(&record.slot);
-                for m in &record.mapped_ports {
-                    table.ports.release(m.host_port);
-                }
+                table.release(&record);
             } else {
                 // Keep it listed so that destroy can be retried.
-                table.containers.insert(
-                    record.spec.handle.clone(),
-                    Entry {
-                        record: record.clone(),
-                        processes: Default::default(),
-                        channel: None,
-                    },
-                );
+                table.hold(record.clone());
             }
             result
         })
         .await?
+    }
+}
+
+impl Table {
+    /// Lists a container and marks its slot and ports as taken (no init channel: a container
+    /// being created gets its channel when create finishes).
+    fn hold(&mut self, record: ContainerRecord) {
+        self.slots.insert(record.slot);
+        for m in &record.mapped_ports {
+            self.ports.mark_taken(m.host_port);
+        }
+        self.containers.insert(
+            record.spec.handle.clone(),
+            Entry {
+                record,
+                processes: Default::default(),
+                channel: None,
+            },
+        );
+    }
+
+    /// Frees a container's slot and ports for others.
+    fn release(&mut self, record: &ContainerRecord) {
+        self.slots.remove(&record.slot);
+        for m in &record.mapped_ports {
+            self.ports.release(m.host_port);
+        }
     }
 }
 

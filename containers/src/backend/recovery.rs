@@ -3,7 +3,7 @@
 
 use tracing::{info, warn};
 
-use super::{Entry, Inner};
+use super::Inner;
 use crate::config::Recovery;
 use crate::error::Result;
 use crate::runtime::RuncStatus;
@@ -37,19 +37,7 @@ impl Inner {
             };
             if self.config.recovery == Recovery::Adopt && self.intact(&record)? {
                 info!(handle, "recovery.adopted");
-                let mut table = self.table();
-                table.slots.insert(record.slot);
-                for m in &record.mapped_ports {
-                    table.ports.mark_taken(m.host_port);
-                }
-                table.containers.insert(
-                    handle.clone(),
-                    Entry {
-                        record,
-                        processes: Default::default(),
-                        channel: None,
-                    },
-                );
+                self.table().hold(record);
             } else {
                 if let Err(e) = self.teardown(&record) {
                     // Keep it listed (stopped) so destroy can retry; one bad container must
@@ -57,15 +45,7 @@ impl Inner {
                     warn!(handle, error = %e, "recovery.destroy-failed");
                     let mut record = record;
                     record.state = ContainerState::Stopped;
-                    self.table().slots.insert(record.slot);
-                    self.table().containers.insert(
-                        handle.clone(),
-                        Entry {
-                            record,
-                            processes: Default::default(),
-                            channel: None,
-                        },
-                    );
+                    self.table().hold(record);
                 } else {
                     info!(handle, "recovery.destroyed");
                 }
