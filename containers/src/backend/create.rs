@@ -76,11 +76,28 @@ impl Backend {
         .await
         .map_err(Error::from)
         .and_then(|r| r);
-        let result = result.and_then(|(record, fd)| {
-            let channel = InitChannel::start(fd)
-                .map_err(|e| Error::io("watch the init channel", &handle, e))?;
-            Ok((record, channel))
-        });
+        let result = match result {
+            Ok((record, fd)) => match InitChannel::start(fd) {
+                Ok(channel) => Ok((record, channel)),
+                Err(e) => {
+                    // Built but unusable: undo it like any failed create.
+                    let inner = self.inner.clone();
+                    let failed = record.clone();
+                    let cleanup = tokio::task::spawn_blocking(move || inner.teardown(&failed))
+                        .await
+                        .map_err(Error::from)
+                        .and_then(|r| r)
+                        .err()
+                        .map(Box::new);
+                    Err(Error::CreateFailed {
+                        handle: handle.clone(),
+                        source: Box::new(Error::io("watch the init channel", &handle, e)),
+                        cleanup,
+                    })
+                }
+            },
+            Err(e) => Err(e),
+        };
         let mut table = self.inner.table();
         match result {
             Ok((record, channel)) => {

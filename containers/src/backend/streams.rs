@@ -47,6 +47,7 @@ impl Backend {
         );
         let rootfs = self.inner.dir(handle).rootfs();
         let path = PathBuf::from(path);
+        let target = rootfs.join(path.strip_prefix("/").unwrap_or(&path));
         tokio::task::spawn_blocking(move || {
             let options = ExtractOptions {
                 owner: Some(owner),
@@ -55,7 +56,7 @@ impl Backend {
             run_as(owner.0, owner.1, move || {
                 archive::extract_in_root(&rootfs, &path, tar, &options)
             })
-            .map_err(|e| Error::io("stream in", "", e))??;
+            .map_err(|e| Error::io("stream in", &target, e))??;
             Ok(())
         })
         .await?
@@ -72,13 +73,14 @@ impl Backend {
         let root = record.ids.host_base;
         let rootfs = self.inner.dir(handle).rootfs();
         let path = PathBuf::from(path);
+        let source = rootfs.join(path.strip_prefix("/").unwrap_or(&path));
         tokio::task::spawn_blocking(move || {
             // With the rights of container root, never the host's.
             run_as(root, root, move || {
                 let mut out = out;
                 archive::archive_from_root(&rootfs, &path, &mut out).map(|()| out)
             })
-            .map_err(|e| Error::io("stream out", "", e))?
+            .map_err(|e| Error::io("stream out", &source, e))?
             .map_err(Error::from)
         })
         .await?
