@@ -25,36 +25,22 @@ impl Backend {
     /// Creates and starts a container (its init runs; use [`Backend::run`] for processes).
     pub async fn create(&self, spec: ContainerSpec) -> Result<crate::spec::ContainerInfo> {
         validate(&spec)?;
-        let stack = self
-            .inner
-            .stacks
-            .resolve(&spec.stack)
-            .map_err(|e| match e {
-                kiln_rootfs::store::StoreError::UnknownStack { .. } => Error::UnknownStack {
-                    stack: spec.stack.clone(),
-                    known: self
-                        .inner
-                        .stacks
-                        .list()
-                        .map(|l| {
-                            l.iter()
-                                .filter_map(|s| s.name.clone())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_default(),
-                },
-                other => other.into(),
-            })?;
+        let stack = self.inner.resolve_stack(&spec.stack)?;
         let handle = spec.handle.clone();
         let record = self.inner.reserve(spec, &stack.digest)?;
         let inner = self.inner.clone();
         let stack_rootfs = stack.rootfs.clone();
+        let handle_ = handle.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _span = info_span!("create", handle = %record.spec.handle).entered();
             let started = Instant::now();
             let mut record = record;
-            match inner.build(&mut record, &stack_rootfs) {
+            // The channel is registered here, on a thread of the runtime, so that a failure
+            // to watch it is undone like any other.
+            let built = inner.build(&mut record, &stack_rootfs).and_then(|fd| {
+                InitChannel::start(fd).map_err(|e| Error::io("watch the init channel", &handle_, e))
+            });
+            match built {
                 Ok(init_channel) => {
                     info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -76,28 +62,6 @@ impl Backend {
         .await
         .map_err(Error::from)
         .and_then(|r| r);
-        let result = match result {
-            Ok((record, fd)) => match InitChannel::start(fd) {
-                Ok(channel) => Ok((record, channel)),
-                Err(e) => {
-                    // Built but unusable: undo it like any failed create.
-                    let inner = self.inner.clone();
-                    let failed = record.clone();
-                    let cleanup = tokio::task::spawn_blocking(move || inner.teardown(&failed))
-                        .await
-                        .map_err(Error::from)
-                        .and_then(|r| r)
-                        .err()
-                        .map(Box::new);
-                    Err(Error::CreateFailed {
-                        handle: handle.clone(),
-                        source: Box::new(Error::io("watch the init channel", &handle, e)),
-                        cleanup,
-                    })
-                }
-            },
-            Err(e) => Err(e),
-        };
         let mut table = self.inner.table();
         match result {
             Ok((record, channel)) => {
@@ -131,6 +95,26 @@ impl Backend {
 }
 
 impl Inner {
+    /// The stack `name` (or digest) from the store; an unknown one names those there are.
+    fn resolve_stack(&self, name: &str) -> Result<kiln_rootfs::store::StackImage> {
+        self.stacks.resolve(name).map_err(|e| match e {
+            kiln_rootfs::store::StoreError::UnknownStack { .. } => Error::UnknownStack {
+                stack: name.to_string(),
+                known: self
+                    .stacks
+                    .list()
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|s| s.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+            },
+            other => other.into(),
+        })
+    }
+
     /// Takes the handle, a slot and the NetIn ports, all or nothing.
     fn reserve(&self, spec: ContainerSpec, stack_digest: &str) -> Result<ContainerRecord> {
         let mut table = self.table();

@@ -67,7 +67,7 @@ struct Table {
 struct Entry {
     record: ContainerRecord,
     /// Processes started with `run` that have not exited, by id.
-    processes: Arc<Mutex<BTreeMap<String, u32>>>,
+    processes: Arc<Mutex<BTreeSet<String>>>,
     /// The channel to the container's init; `None` for a container adopted after a restart.
     channel: Option<Arc<crate::init_channel::InitChannel>>,
 }
@@ -140,7 +140,7 @@ impl Backend {
             .ok_or_else(|| Error::NotFound(handle.to_string()))?;
         let r = &entry.record;
         let subnet = self.inner.pool.subnet(r.slot);
-        let processes = lock(&entry.processes).keys().cloned().collect();
+        let processes = lock(&entry.processes).iter().cloned().collect();
         Ok(ContainerInfo {
             handle: handle.to_string(),
             state: r.state,

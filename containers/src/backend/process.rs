@@ -162,16 +162,24 @@ impl Backend {
         let oom_counter = self.inner.oom_counter_path(handle);
         let ooms_before = read_oom_kills(&oom_counter);
 
-        let (mut process_handle, exited) = match channel {
-            Some(channel) => start_with_init(channel, &id, &exec, &process).await?,
-            None => self.start_with_runc(handle, &id, &exec).await?,
+        let (ours, theirs) = process_pipes().map_err(|e| Error::io("start process", &id, e))?;
+        let launched = match channel {
+            Some(channel) => start_with_init(channel, &id, &exec, &process, theirs).await?,
+            None => self.start_with_runc(handle, &id, &exec, theirs).await?,
         };
-        lock(&processes).insert(id.clone(), 0);
+        lock(&processes).insert(id.clone());
         info!(handle, process = %id, path = %process.path, "process.started");
 
         let (tx, rx) = watch::channel(None);
-        process_handle.exit = rx;
-        let signals = process_handle.signals.clone();
+        let Launched { signals, exited } = launched;
+        let process_handle = Process {
+            id: id.clone(),
+            stdin: Some(ours.stdin),
+            stdout: Some(ours.stdout),
+            stderr: Some(ours.stderr),
+            exit: rx,
+            signals: signals.clone(),
+        };
         let timeout = process.timeout;
         let watcher_id = id.clone();
         tokio::spawn(async move {
@@ -194,13 +202,15 @@ impl Backend {
         Ok(process_handle)
     }
 
-    /// The fallback for adopted containers: `runc exec` in the foreground.
+    /// The fallback for adopted containers: `runc exec` in the foreground, the process's
+    /// stdio being `theirs`.
     async fn start_with_runc(
         &self,
         handle: &str,
         id: &str,
         exec: &ExecProcess<'_>,
-    ) -> Result<(Process, oneshot::Receiver<i32>)> {
+        theirs: [OwnedFd; 3],
+    ) -> Result<Launched> {
         let dir = self.inner.dir(handle).processes();
         let spec_file = dir.join(format!("{id}.json"));
         let pid_file = dir.join(format!("{id}.pid"));
@@ -208,43 +218,19 @@ impl Backend {
         let mut cmd = tokio::process::Command::from(
             self.inner.runc.exec_command(handle, &spec_file, &pid_file),
         );
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let spawn_err = |source| RuntimeError::Io {
+        let [stdin, stdout, stderr] = theirs;
+        cmd.stdin(Stdio::from(stdin))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Io {
             op: "exec",
             id: handle.to_string(),
             source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        })?;
+        // Our copies of the process's ends close with the command, so EOF reaches the readers.
+        drop(cmd);
         let runc_pid = child.id().unwrap_or(0);
-        let pipes = (|| -> std::io::Result<_> {
-            Ok((
-                child
-                    .stdin
-                    .take()
-                    .map(|s| s.into_owned_fd())
-                    .transpose()?
-                    .map(pipe::Sender::from_owned_fd)
-                    .transpose()?,
-                child
-                    .stdout
-                    .take()
-                    .map(|s| s.into_owned_fd())
-                    .transpose()?
-                    .map(pipe::Receiver::from_owned_fd)
-                    .transpose()?,
-                child
-                    .stderr
-                    .take()
-                    .map(|s| s.into_owned_fd())
-                    .transpose()?
-                    .map(pipe::Receiver::from_owned_fd)
-                    .transpose()?,
-            ))
-        })()
-        .map_err(spawn_err)?;
-        let (exited_tx, exited_rx) = oneshot::channel();
+        let (exited_tx, exited) = oneshot::channel();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(s) => s.code().unwrap_or_else(|| {
@@ -255,36 +241,54 @@ impl Backend {
             };
             let _ = exited_tx.send(code);
         });
-        let (_, placeholder) = watch::channel(None);
-        Ok((
-            Process {
-                id: id.to_string(),
-                stdin: pipes.0,
-                stdout: pipes.1,
-                stderr: pipes.2,
-                exit: placeholder,
-                signals: Signals::Runc {
-                    runc_pid,
-                    pid_file,
-                    cgroups_path: self.inner.cgroups_path(handle),
-                },
+        Ok(Launched {
+            signals: Signals::Runc {
+                runc_pid,
+                pid_file,
+                cgroups_path: self.inner.cgroups_path(handle),
             },
-            exited_rx,
-        ))
+            exited,
+        })
     }
 }
 
-/// Starts the process through the container's init, with fresh pipes as its stdio.
+/// A process just started, as either way of starting one hands it over.
+struct Launched {
+    signals: Signals,
+    /// Its exit code (or 128 + signal), when it ends.
+    exited: oneshot::Receiver<i32>,
+}
+
+/// Our ends of a process's stdio.
+struct Pipes {
+    stdin: pipe::Sender,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+}
+
+/// Three pipes: our (non-blocking) ends, and the process's ends (stdin, stdout, stderr).
+fn process_pipes() -> std::io::Result<(Pipes, [OwnedFd; 3])> {
+    let (stdin_read, stdin_write) = pipe_pair()?;
+    let (stdout_read, stdout_write) = pipe_pair()?;
+    let (stderr_read, stderr_write) = pipe_pair()?;
+    Ok((
+        Pipes {
+            stdin: pipe::Sender::from_owned_fd(stdin_write)?,
+            stdout: pipe::Receiver::from_owned_fd(stdout_read)?,
+            stderr: pipe::Receiver::from_owned_fd(stderr_read)?,
+        },
+        [stdin_read, stdout_write, stderr_write],
+    ))
+}
+
+/// Starts the process through the container's init, the process's stdio being `theirs`.
 async fn start_with_init(
     channel: Arc<InitChannel>,
     id: &str,
     exec: &ExecProcess<'_>,
     process: &ProcessSpec,
-) -> Result<(Process, oneshot::Receiver<i32>)> {
-    let io_err = |e| Error::io("start process", id, e);
-    let (stdin_read, stdin_write) = pipe_pair().map_err(io_err)?;
-    let (stdout_read, stdout_write) = pipe_pair().map_err(io_err)?;
-    let (stderr_read, stderr_write) = pipe_pair().map_err(io_err)?;
+    theirs: [OwnedFd; 3],
+) -> Result<Launched> {
     let rlimits = exec
         .rlimits
         .iter()
@@ -306,11 +310,11 @@ async fn start_with_init(
         rlimits: &rlimits,
     };
     let (started, exited) = channel
-        .run(&request, [&stdin_read, &stdout_write, &stderr_write])
+        .run(&request, [&theirs[0], &theirs[1], &theirs[2]])
         .await
-        .map_err(io_err)?;
-    // The container's ends now live in the process; ours close so EOF reaches the readers.
-    drop((stdin_read, stdout_write, stderr_write));
+        .map_err(|e| Error::io("start process", id, e))?;
+    // The process has its own copies now; ours close so EOF reaches the readers.
+    drop(theirs);
     if let Started::Failed { errno, what } = started {
         return Err(Error::ProcessStart {
             path: process.path.clone(),
@@ -329,18 +333,10 @@ async fn start_with_init(
         };
         let _ = code_tx.send(code);
     });
-    let (_, placeholder) = watch::channel(None);
-    Ok((
-        Process {
-            id: id.to_string(),
-            stdin: Some(pipe::Sender::from_owned_fd(stdin_write).map_err(io_err)?),
-            stdout: Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(io_err)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(io_err)?),
-            exit: placeholder,
-            signals: Signals::Init(channel),
-        },
-        code_rx,
-    ))
+    Ok(Launched {
+        signals: Signals::Init(channel),
+        exited: code_rx,
+    })
 }
 
 /// Waits for the exit code, killing the process if it overruns `timeout`.
