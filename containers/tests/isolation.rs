@@ -63,6 +63,7 @@ async fn container_root_gets_neither_host_files_nor_dangerous_syscalls() {
         "unshare_net=EPERM",
         "mount=EPERM",
         "clone3=ENOSYS",
+        "clone_newuser=EPERM",
         "bpf=EPERM",
         "userfaultfd=EPERM",
         "io_uring_setup=EPERM",

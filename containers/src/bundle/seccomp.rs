@@ -352,42 +352,27 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     let mut syscalls: Vec<LinuxSyscall> = vec![allow(ALLOWED)?];
 
     // clone without any namespace flag.
-    syscalls.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone".to_string()])
-            .action(LinuxSeccompAction::ScmpActAllow)
-            .args(vec![LinuxSeccompArgBuilder::default()
-                .index(0usize)
-                .value(0u64)
-                .value_two(CLONE_NAMESPACE_FLAGS)
-                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-                .build()?])
-            .build()?,
-    );
+    // (MaskedEq: `value` is the mask, `valueTwo` what the masked argument must equal.)
+    syscalls.push(allow_when(
+        "clone",
+        LinuxSeccompOperator::ScmpCmpMaskedEq,
+        CLONE_NAMESPACE_FLAGS,
+        Some(0),
+    )?);
     // socket in every address family but AF_VSOCK (a path to the hypervisor).
-    syscalls.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["socket".to_string()])
-            .action(LinuxSeccompAction::ScmpActAllow)
-            .args(vec![LinuxSeccompArgBuilder::default()
-                .index(0usize)
-                .value(libc::AF_VSOCK as u64)
-                .op(LinuxSeccompOperator::ScmpCmpNe)
-                .build()?])
-            .build()?,
-    );
+    syscalls.push(allow_when(
+        "socket",
+        LinuxSeccompOperator::ScmpCmpNe,
+        libc::AF_VSOCK as u64,
+        None,
+    )?);
     for value in PERSONALITIES {
-        syscalls.push(
-            LinuxSyscallBuilder::default()
-                .names(vec!["personality".to_string()])
-                .action(LinuxSeccompAction::ScmpActAllow)
-                .args(vec![LinuxSeccompArgBuilder::default()
-                    .index(0usize)
-                    .value(*value)
-                    .op(LinuxSeccompOperator::ScmpCmpEq)
-                    .build()?])
-                .build()?,
-        );
+        syscalls.push(allow_when(
+            "personality",
+            LinuxSeccompOperator::ScmpCmpEq,
+            *value,
+            None,
+        )?);
     }
     // clone3 passes its flags in memory seccomp cannot read: say it does not exist.
     syscalls.push(
@@ -406,6 +391,28 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
         .build()
 }
 
+/// Allows `name` when its first argument compares by `op` to `value` (and `value_two`), with
+/// the OCI meanings: for MaskedEq, `value` is the mask and `value_two` the expected result.
+fn allow_when(
+    name: &str,
+    op: LinuxSeccompOperator,
+    value: u64,
+    value_two: Option<u64>,
+) -> Result<LinuxSyscall, OciSpecError> {
+    let mut arg = LinuxSeccompArgBuilder::default()
+        .index(0usize)
+        .op(op)
+        .value(value);
+    if let Some(two) = value_two {
+        arg = arg.value_two(two);
+    }
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_string()])
+        .action(LinuxSeccompAction::ScmpActAllow)
+        .args(vec![arg.build()?])
+        .build()
+}
+
 fn allow(names: &[&str]) -> Result<LinuxSyscall, OciSpecError> {
     LinuxSyscallBuilder::default()
         .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -416,6 +423,22 @@ fn allow(names: &[&str]) -> Result<LinuxSyscall, OciSpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_is_allowed_only_without_namespace_flags() {
+        let profile = profile().expect("profile builds");
+        let json = serde_json::to_value(&profile).expect("json");
+        let clone = json["syscalls"]
+            .as_array()
+            .expect("syscalls")
+            .iter()
+            .find(|s| s["names"][0] == "clone")
+            .expect("a clone rule");
+        // OCI/libseccomp: (arg & value) == valueTwo.
+        assert_eq!(clone["args"][0]["value"], CLONE_NAMESPACE_FLAGS);
+        assert_eq!(clone["args"][0]["valueTwo"], 0);
+        assert_eq!(clone["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+    }
 
     #[test]
     fn refused_syscalls_are_not_allowed() {

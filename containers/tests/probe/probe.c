@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <sys/syscall.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void report(const char *name, long rc) {
@@ -24,6 +26,11 @@ int main(void) {
     report("unshare_net", unshare(CLONE_NEWNET));
     report("mount", mount("none", "/tmp", "tmpfs", 0, NULL));
     report("clone3", syscall(SYS_clone3, NULL, 0));
+    /* A user namespace needs no capability: only seccomp can refuse this one. */
+    long child = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (child == 0) _exit(0);
+    if (child > 0) waitpid((pid_t)child, NULL, 0);
+    report("clone_newuser", child);
     report("bpf", syscall(SYS_bpf, 0, NULL, 0));
     report("userfaultfd", syscall(SYS_userfaultfd, 0));
     report("io_uring_setup", syscall(SYS_io_uring_setup, 1, NULL));
