@@ -1,0 +1,221 @@
+//! Shared set-up of the staging integration tests: a real container backend per test (its own
+//! data dir, address pool, port range and uid range, indexes 40-59 of the suite), the tiny
+//! stack, buildpacks written by the test, and running a droplet to see what it does.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kiln_containers::{Backend, Config, ContainerSpec, ProcessSpec, Recovery};
+use kiln_stager::{LogLine, LogSink, Stager, StagingError, StagingRequest, StagingResult};
+use tokio::io::AsyncReadExt;
+
+/// The tiny stack's OCI layout, built once per test binary.
+pub fn tiny_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("stager-tiny-{}", std::process::id()));
+        kiln_rootfs::recipes::build_tiny(&dir).expect("build the tiny stack");
+        dir
+    })
+}
+
+/// The repository's built-in buildpacks.
+pub fn builtin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks")
+}
+
+/// A real backend for test number `index` (40..=59), destroyed with what it made on drop.
+pub struct Fixture {
+    pub backend: std::mem::ManuallyDrop<Backend>,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn new(index: u8) -> Fixture {
+        assert!((40..60).contains(&index), "stager tests use indexes 40-59");
+        // SAFETY: geteuid has no preconditions.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the staging tests need root (runc, mounts, iptables)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            stacks_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stacks"),
+            network_pool: format!("10.244.{index}.0/26"),
+            port_range_start: 40000 + u16::from(index) * 20,
+            port_range_size: 20,
+            uid_range_start: (1 << 28) + u32::from(index) * (16 << 16),
+            store_size_bytes: 4 << 30,
+            max_containers: 8,
+            recovery: Recovery::Destroy,
+            ..Config::default()
+        };
+        let backend = Backend::new(config.clone()).await.expect("backend starts");
+        backend
+            .import_stack(tiny_layout(), "tiny")
+            .await
+            .expect("import tiny");
+        Fixture {
+            backend: std::mem::ManuallyDrop::new(backend),
+            config,
+            dir,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn stager(&self, builtin: &Path) -> Stager<'_> {
+        Stager::new(&self.backend, builtin)
+    }
+
+    /// A staging request for `app` on tiny writing `<name>.tgz` in the fixture's dir.
+    pub fn request(&self, name: &str, app: &Path) -> StagingRequest {
+        StagingRequest::new(name, app, "tiny", self.path(&format!("{name}.tgz")))
+    }
+
+    /// Stages `request`, returning the result and every log line the sink saw.
+    pub async fn stage(
+        &self,
+        builtin: &Path,
+        request: StagingRequest,
+    ) -> (Result<StagingResult, StagingError>, Vec<LogLine>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let sink: LogSink = Arc::new(move |l: &LogLine| seen.lock().unwrap().push(l.clone()));
+        let result = self.stager(builtin).stage(request, sink).await;
+        let lines = lines.lock().unwrap().clone();
+        (result, lines)
+    }
+
+    /// Unpacks `droplet` into a fresh container on `stack` and runs `command` through the
+    /// launcher; returns (exit code, stdout, stderr). The container is destroyed afterwards.
+    pub async fn run_droplet(
+        &self,
+        stack: &str,
+        droplet: &Path,
+        command: &str,
+    ) -> (i32, String, String) {
+        let handle = format!(
+            "run-{}",
+            droplet
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "-")
+        );
+        self.backend
+            .create(ContainerSpec {
+                handle: handle.clone(),
+                stack: stack.to_string(),
+                ..ContainerSpec::default()
+            })
+            .await
+            .expect("create the run container");
+        let tgz = fs::File::open(droplet).expect("open droplet");
+        self.backend
+            .stream_in(
+                &handle,
+                "/home/vcap",
+                Some("vcap"),
+                flate2::read::GzDecoder::new(tgz),
+            )
+            .await
+            .expect("droplet in");
+        let args = kiln_droplet::launcher_args(command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
+        spec.env = vec![
+            "PORT=8080".into(),
+            "HOME=/home/vcap/app".into(),
+            "DEPS_DIR=/home/vcap/deps".into(),
+        ];
+        spec.timeout = Some(std::time::Duration::from_secs(60));
+        let mut p = self.backend.run(&handle, spec).await.expect("run");
+        let mut out = p.take_stdout().unwrap();
+        let mut err = p.take_stderr().unwrap();
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+        let exit = p.wait().await.expect("wait");
+        self.backend
+            .destroy(&handle)
+            .await
+            .expect("destroy the run container");
+        (exit.code, o, e)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // SAFETY: `backend` is not used after this; drop runs once.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
+        if let Err(e) = Backend::destroy_all(&self.config) {
+            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        }
+    }
+}
+
+/// Writes a buildpack at `dir` with `bin/<script>` files (mode 0755) and other files.
+pub fn buildpack(dir: &Path, scripts: &[(&str, &str)]) -> PathBuf {
+    for (name, body) in scripts {
+        let path = if name.contains('.') || name.contains('/') {
+            dir.join(name)
+        } else {
+            dir.join("bin").join(name)
+        };
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, body).unwrap();
+        let mode = if path.starts_with(dir.join("bin")) {
+            0o755
+        } else {
+            0o644
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Writes an app at `dir` with the given files.
+pub fn app(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    for (name, body) in files {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, body).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// The entry names of a droplet.
+pub fn droplet_entries(droplet: &Path) -> Vec<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+        fs::File::open(droplet).unwrap(),
+    ));
+    tar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+/// The content of one file of a droplet.
+pub fn droplet_file(droplet: &Path, name: &str) -> Option<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+        fs::File::open(droplet).unwrap(),
+    ));
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().display().to_string() == name {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            return Some(s);
+        }
+    }
+    None
+}
