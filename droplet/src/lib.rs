@@ -56,6 +56,12 @@ pub enum DropletError {
     /// `staging_info.yml` is not valid.
     #[error("staging_info.yml is not valid YAML: {0}")]
     InvalidStagingInfo(#[from] serde_yaml::Error),
+    /// The droplet could not be read (not a gzip tar?).
+    #[error("reading the droplet (is it a .tgz made by staging?): {0}")]
+    Read(#[source] std::io::Error),
+    /// The droplet has no `staging_info.yml`.
+    #[error("the droplet has no staging_info.yml: is it a droplet made by staging?")]
+    NoStagingInfo,
 }
 
 impl StagingInfo {
@@ -105,6 +111,82 @@ pub fn launcher_args(command: &str) -> Vec<String> {
         "launcher".to_string(),
         command.to_string(),
     ]
+}
+
+/// What an instance is, for its environment ([`instance_env`]).
+#[derive(Debug, Clone, Default)]
+pub struct Instance {
+    /// The app's guid.
+    pub app_id: String,
+    /// The app's name.
+    pub app_name: String,
+    /// The space's guid.
+    pub space_id: String,
+    /// The instance's index among the app's instances.
+    pub index: u32,
+    /// The instance's guid.
+    pub instance_id: String,
+    /// The host address the instance is reachable on.
+    pub host_ip: String,
+    /// The host port forwarded to [`APP_PORT`].
+    pub host_port: u16,
+    /// The memory limit in MiB.
+    pub memory_mib: u64,
+    /// The disk limit in MiB.
+    pub disk_mib: u64,
+    /// The routes (host names) of the app.
+    pub uris: Vec<String>,
+}
+
+/// The Cloud Foundry instance environment (`PORT`, `CF_INSTANCE_*`, `VCAP_APPLICATION`, ...).
+pub fn instance_env(i: &Instance) -> Vec<String> {
+    let vcap_application = serde_json::json!({
+        "application_id": i.app_id,
+        "application_name": i.app_name,
+        "name": i.app_name,
+        "instance_index": i.index,
+        "instance_id": i.instance_id,
+        "port": APP_PORT,
+        "space_id": i.space_id,
+        "uris": i.uris,
+        "application_uris": i.uris,
+        "limits": {"mem": i.memory_mib, "disk": i.disk_mib, "fds": 16384},
+    });
+    vec![
+        format!("PORT={APP_PORT}"),
+        format!("CF_INSTANCE_INDEX={}", i.index),
+        format!("CF_INSTANCE_GUID={}", i.instance_id),
+        format!("CF_INSTANCE_IP={}", i.host_ip),
+        format!("CF_INSTANCE_PORT={}", i.host_port),
+        format!("CF_INSTANCE_ADDR={}:{}", i.host_ip, i.host_port),
+        format!("VCAP_APPLICATION={vcap_application}"),
+        "VCAP_SERVICES={}".to_string(),
+        format!("MEMORY_LIMIT={}m", i.memory_mib),
+        format!("HOME={APP_DIR}"),
+        "TMPDIR=/home/vcap/tmp".to_string(),
+        format!("DEPS_DIR={DEPS_DIR}"),
+        "LANG=C.UTF-8".to_string(),
+    ]
+}
+
+/// Reads `staging_info.yml` out of a droplet file (`.tgz`).
+pub fn read_staging_info(droplet: &std::path::Path) -> Result<StagingInfo, DropletError> {
+    let file = std::fs::File::open(droplet).map_err(DropletError::Read)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    for entry in tar.entries().map_err(DropletError::Read)? {
+        let mut entry = entry.map_err(DropletError::Read)?;
+        let path = entry.path().map_err(DropletError::Read)?;
+        if path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .eq(std::path::Path::new(STAGING_INFO).components())
+        {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).map_err(DropletError::Read)?;
+            return StagingInfo::parse(&text);
+        }
+    }
+    Err(DropletError::NoStagingInfo)
 }
 
 #[cfg(test)]
