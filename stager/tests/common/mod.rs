@@ -219,3 +219,120 @@ pub fn droplet_file(droplet: &Path, name: &str) -> Option<String> {
     }
     None
 }
+
+impl Fixture {
+    /// Imports stack `name` from the machine's stack cache (built there the first time).
+    pub async fn import(&self, name: &str) {
+        let n = name.to_string();
+        let layout = tokio::task::spawn_blocking(move || kiln_rootfs::recipes::cached(&n))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("building stack {name}: {e}"));
+        self.backend
+            .import_stack(&layout.dir, name)
+            .await
+            .expect("import the stack");
+    }
+
+    /// Runs the droplet's `command` in a container with a forwarded port, GETs `/` until it
+    /// answers (30 s at most), stops it, and returns (status line, body, app output).
+    pub async fn http_get_droplet(
+        &self,
+        stack: &str,
+        droplet: &Path,
+        command: &str,
+    ) -> (String, String, String) {
+        let handle = format!(
+            "serve-{}",
+            droplet
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "-")
+        );
+        let info = self
+            .backend
+            .create(ContainerSpec {
+                handle: handle.clone(),
+                stack: stack.to_string(),
+                net_in: vec![kiln_containers::NetIn {
+                    host_port: None,
+                    container_port: 8080,
+                }],
+                ..ContainerSpec::default()
+            })
+            .await
+            .expect("create the app container");
+        let port = info.mapped_ports[0].host_port;
+        let tgz = fs::File::open(droplet).expect("open droplet");
+        self.backend
+            .stream_in(
+                &handle,
+                "/home/vcap",
+                Some("vcap"),
+                flate2::read::GzDecoder::new(tgz),
+            )
+            .await
+            .expect("droplet in");
+        let args = kiln_droplet::launcher_args(command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
+        spec.env = kiln_droplet::instance_env(&kiln_droplet::Instance {
+            host_ip: "127.0.0.1".into(),
+            host_port: port,
+            memory_mib: 256,
+            ..Default::default()
+        });
+        let mut p = self.backend.run(&handle, spec).await.expect("run");
+        let mut out = p.take_stdout().unwrap();
+        let mut err = p.take_stderr().unwrap();
+        let output = tokio::spawn(async move {
+            let (mut o, mut e) = (String::new(), String::new());
+            let _ = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+            o + &e
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut answer = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(a) = http_get(port).await {
+                answer = Some(a);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = p.signal(libc::SIGKILL).await;
+        let _ = p.wait().await;
+        self.backend
+            .destroy(&handle)
+            .await
+            .expect("destroy the app container");
+        let output = output.await.unwrap_or_default();
+        let (status, body) = answer.unwrap_or_else(|| {
+            panic!("the app never answered on port {port}; its output:\n{output}")
+        });
+        (status, body, output)
+    }
+}
+
+/// GET / on 127.0.0.1:port over HTTP/1.0: (status line, body), None if nothing answers.
+pub async fn http_get(port: u16) -> Option<(String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
