@@ -1,89 +1,16 @@
 //! Networking: NetIn reachable from the host, egress denied by default and allowed by a rule.
 //! Egress is tested against a listener in a network namespace the test makes and removes.
 mod common;
+#[path = "common/peer.rs"]
+mod peer;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 use common::*;
 use kiln_containers::{NetIn, NetOutRule, ProcessSpec, Protocol};
-
-/// A network namespace with a veth to the host, removed on drop.
-struct Peer {
-    name: String,
-    host_veth: String,
-    address: Ipv4Addr,
-}
-
-impl Peer {
-    fn new(index: u8) -> Peer {
-        let name = format!("kiln-test-{}-{index}", std::process::id());
-        let host_veth = format!("ktp{}{index}", std::process::id() % 10000);
-        let host_ip = format!("10.243.{index}.1");
-        let address = Ipv4Addr::new(10, 243, index, 2);
-        let peer = Peer {
-            name: name.clone(),
-            host_veth: host_veth.clone(),
-            address,
-        };
-        for args in [
-            vec!["netns", "add", &name],
-            vec![
-                "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
-            ],
-            vec!["addr", "add", &format!("{host_ip}/30"), "dev", &host_veth],
-            vec!["link", "set", &host_veth, "up"],
-            vec![
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("{address}/30"),
-                "dev",
-                "eth0",
-            ],
-            vec!["-n", &name, "link", "set", "eth0", "up"],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-            vec!["-n", &name, "route", "add", "default", "via", &host_ip],
-        ] {
-            let status = Command::new("ip").args(&args).status().expect("ip");
-            assert!(status.success(), "ip {args:?}");
-        }
-        peer
-    }
-
-    /// A TCP listener on `port` inside the namespace that answers "pong" to each connection.
-    fn serve(&self, port: u16) {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        let address = self.address;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only; the fd is open.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "enter the peer's network namespace");
-            let listener = TcpListener::bind((address, port)).expect("bind in peer");
-            ready_tx.send(()).expect("ready");
-            for mut conn in listener.incoming().flatten() {
-                let _ = conn.write_all(b"pong\n");
-            }
-        });
-        ready_rx.recv().expect("listener ready");
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_veth])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+use peer::Peer;
 
 #[tokio::test]
 async fn egress_is_denied_by_default_and_allowed_by_a_rule() {
