@@ -330,3 +330,23 @@ async fn hostile_apps_stage_nothing_outside_the_sandbox() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_buildpack_over_the_staging_memory_limit_is_named_with_the_limit() {
+    let fx = Fixture::new(49).await;
+    let src = app(&fx.path("app"), &[("x", "1")]);
+    let bp = buildpack(
+        &fx.path("hungry"),
+        &[
+            ("detect", "#!/bin/sh\necho x\n"),
+            ("compile", "#!/bin/sh\nset -e\necho allocating\nhead -c 300000000 /dev/zero | tr '\\0' a | sort > /dev/null\n"),
+        ],
+    );
+    let mut req = fx.request("oom", &src);
+    req.buildpacks = vec![bp.display().to_string()];
+    req.limits.memory_bytes = 64 << 20;
+    let err = fx.stage(&fx.path("none"), req).await.0.expect_err("runs out of memory");
+    let msg = err.to_string();
+    assert!(msg.starts_with("compile of buildpack hungry ran out of memory: staging may use 64 MiB"), "{msg}");
+    assert!(fx.backend.list(&BTreeMap::new()).is_empty());
+}
