@@ -224,7 +224,7 @@ fn unzip_buildpack(name: &str, zip_path: &Path, target: &Path) -> Result<(), Sta
     let file = fs::File::open(zip_path).map_err(StagingError::io("opening", zip_path))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| invalid(format!("{} is not a zip file: {e}", zip_path.display())))?;
-    crate::app_bits::unzip_into(&mut archive, target).map_err(|reason| invalid(reason))?;
+    crate::app_bits::unzip_into(&mut archive, target, 1 << 30).map_err(invalid)?;
     // One top-level directory holding bin/: use it.
     if !target.join("bin").exists() {
         let entries: Vec<_> = fs::read_dir(target)

@@ -91,7 +91,7 @@ impl<'a> Stager<'a> {
             ))?;
         // Everything that can be refused on the host is refused before a container exists.
         let candidates = self.candidates(&request, scratch.path())?;
-        let app = app_tar(&request.app, scratch.path())?;
+        let app = app_tar(&request.app, scratch.path(), request.limits.disk_bytes)?;
 
         let mut phases = Vec::new();
         let started = Instant::now();

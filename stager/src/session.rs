@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_containers::{Backend, ProcessSpec};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Phase, StagingError, Tail};
 use crate::log::{LogLine, LogSink, Stream, TailBuffer};
@@ -126,12 +126,20 @@ impl<'a> Session<'a> {
         let mut all = vec!["-c", script, "kiln"];
         all.extend_from_slice(args);
         let mut spec = ProcessSpec::new("/bin/sh", &all).user(user);
-        spec.env = self.env.iter().chain(extra_env).cloned().collect();
+        // The stager's root steps never see the app's env (a PATH of the app's could otherwise
+        // run app code as root).
+        spec.env = if user == "root" {
+            vec![ROOT_PATH.to_string()]
+        } else {
+            self.env.iter().chain(extra_env).cloned().collect()
+        };
         spec.dir = Some(dir.to_string());
         self.run(phase, buildpack, spec, output).await
     }
 
-    /// Runs `spec`, streaming its output, and fails on a timeout or the OOM killer.
+    /// Runs `spec`, streaming its output, and fails on a timeout or the OOM killer. Output
+    /// still coming after the process exited (from processes it left in the background) is
+    /// read for a moment; then those processes are killed.
     pub async fn run(
         &self,
         phase: Phase,
@@ -158,17 +166,55 @@ impl<'a> Session<'a> {
                     phase,
                     format!("starting a step of buildpack {buildpack}"),
                 ))?;
-        let tail = Mutex::new(TailBuffer::default());
-        let stdout = process.take_stdout();
-        let stderr = process.take_stderr();
-        let (captured, _) = tokio::join!(
-            self.pump(stdout, Stream::Out, output != Output::Log, true, &tail),
-            self.pump(stderr, Stream::Err, false, output != Output::Quiet, &tail),
+        let tail = Arc::new(Mutex::new(TailBuffer::default()));
+        let pump = |stream, kind, capture, echo| {
+            let pump = Pump {
+                sink: self.sink.clone(),
+                log: self.log.clone(),
+                tail: tail.clone(),
+                kind,
+                capture,
+                echo,
+            };
+            tokio::spawn(pump.run(stream))
+        };
+        let mut out = pump(
+            process.take_stdout(),
+            Stream::Out,
+            output != Output::Log,
+            true,
+        );
+        let mut err = pump(
+            process.take_stderr(),
+            Stream::Err,
+            false,
+            output != Output::Quiet,
         );
         let exit = process.wait().await.map_err(StagingError::sandbox(
             phase,
             format!("waiting for buildpack {buildpack}"),
-        ))?;
+        ));
+        let drained = tokio::time::timeout(Duration::from_millis(300), async {
+            tokio::join!(&mut out, &mut err)
+        })
+        .await;
+        let captured = match drained {
+            Ok((o, _)) => o.unwrap_or_default(),
+            Err(_) => {
+                self.warn(format!(
+                    "       {buildpack} left processes running in the background; stopping them"
+                ));
+                self.kill_strays().await;
+                let grace = tokio::time::timeout(Duration::from_secs(2), async {
+                    tokio::join!(&mut out, &mut err)
+                })
+                .await;
+                out.abort();
+                err.abort();
+                grace.ok().and_then(|(o, _)| o.ok()).unwrap_or_default()
+            }
+        };
+        let exit = exit?;
         let tail = tail.lock().map(|mut t| t.take()).unwrap_or_default();
         if exit.timed_out {
             return Err(timed_out(tail));
@@ -188,42 +234,18 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Reads one stream line by line: into the log (`echo`), into `captured` (`capture`, and
-    /// then not echoed), and always into the tail.
-    async fn pump(
-        &self,
-        stream: Option<impl AsyncRead + Unpin>,
-        kind: Stream,
-        capture: bool,
-        echo: bool,
-        tail: &Mutex<TailBuffer>,
-    ) -> String {
-        let mut captured = String::new();
-        let Some(stream) = stream else {
-            return captured;
-        };
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    /// Kills every process in the container but its init (and the killer itself).
+    async fn kill_strays(&self) {
+        let mut spec = ProcessSpec::new("/bin/sh", &["-c", "kill -9 -1; true"]).user("root");
+        spec.env = vec![ROOT_PATH.to_string()];
+        spec.dir = Some("/".to_string());
+        spec.timeout = Some(Duration::from_secs(10));
+        match self.backend.run(&self.handle, spec).await {
+            Ok(mut p) => {
+                let _ = p.wait().await;
             }
-            let text = String::from_utf8_lossy(&buf);
-            let line = text.trim_end_matches(['\n', '\r']);
-            if let Ok(mut t) = tail.lock() {
-                t.push(line);
-            }
-            if capture {
-                if captured.len() < STDOUT_CAP {
-                    captured.push_str(&text);
-                }
-            } else if echo {
-                emit(&self.sink, &self.log, kind, line.to_string());
-            }
+            Err(e) => tracing::warn!(error = %e, "killing background processes"),
         }
-        captured
     }
 
     /// Copies the tar stream `tar` to `path` in the container, owned by `user`.
@@ -245,8 +267,86 @@ fn emit(sink: &LogSink, log: &Mutex<Vec<LogLine>>, stream: Stream, text: String)
     let line = LogLine { stream, text };
     sink(&line);
     if let Ok(mut log) = log.lock() {
-        log.push(line);
+        match log.len() {
+            n if n < MAX_LOG_LINES => log.push(line),
+            n if n == MAX_LOG_LINES => log.push(LogLine {
+                stream: Stream::Err,
+                text: format!(
+                    "(the staging log keeps its first {MAX_LOG_LINES} lines; the rest was only streamed)"
+                ),
+            }),
+            _ => {}
+        }
     }
+}
+
+/// Lines of the log kept in the result; every line is streamed to the sink regardless.
+const MAX_LOG_LINES: usize = 20_000;
+/// A line longer than this is cut into pieces of this size.
+const MAX_LINE: usize = 8 << 10;
+/// `PATH` of the stager's own root steps, whatever the app's env says.
+pub(crate) const ROOT_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Reads one output stream of a step in chunks and cuts it into lines (at most [`MAX_LINE`]
+/// bytes each): into the log (`echo`), into the captured stdout (`capture`, then not echoed),
+/// and always into the tail.
+struct Pump {
+    sink: LogSink,
+    log: Arc<Mutex<Vec<LogLine>>>,
+    tail: Arc<Mutex<TailBuffer>>,
+    kind: Stream,
+    capture: bool,
+    echo: bool,
+}
+
+impl Pump {
+    async fn run(self, stream: Option<impl AsyncRead + Unpin>) -> String {
+        let mut captured = String::new();
+        let Some(mut stream) = stream else {
+            return captured;
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            let n = match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(end) = line_end(&pending) {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                self.line(&line, &mut captured);
+            }
+        }
+        if !pending.is_empty() {
+            self.line(&pending, &mut captured);
+        }
+        captured
+    }
+
+    fn line(&self, raw: &[u8], captured: &mut String) {
+        let text = String::from_utf8_lossy(raw);
+        let line = text.trim_end_matches(['\n', '\r']);
+        if let Ok(mut t) = self.tail.lock() {
+            t.push(line);
+        }
+        if self.capture {
+            if captured.len() < STDOUT_CAP {
+                captured.push_str(&text);
+            }
+        } else if self.echo {
+            emit(&self.sink, &self.log, self.kind, line.to_string());
+        }
+    }
+}
+
+/// Where the first line in `pending` ends (its newline, or [`MAX_LINE`] bytes in).
+fn line_end(pending: &[u8]) -> Option<usize> {
+    pending
+        .iter()
+        .take(MAX_LINE)
+        .position(|b| *b == b'\n')
+        .or((pending.len() >= MAX_LINE).then_some(MAX_LINE - 1))
 }
 
 /// A tar holding one file `name` with `content` and mode `mode`.

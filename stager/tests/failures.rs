@@ -345,8 +345,53 @@ async fn a_buildpack_over_the_staging_memory_limit_is_named_with_the_limit() {
     let mut req = fx.request("oom", &src);
     req.buildpacks = vec![bp.display().to_string()];
     req.limits.memory_bytes = 64 << 20;
-    let err = fx.stage(&fx.path("none"), req).await.0.expect_err("runs out of memory");
+    let err = fx
+        .stage(&fx.path("none"), req)
+        .await
+        .0
+        .expect_err("runs out of memory");
     let msg = err.to_string();
-    assert!(msg.starts_with("compile of buildpack hungry ran out of memory: staging may use 64 MiB"), "{msg}");
+    assert!(
+        msg.starts_with("compile of buildpack hungry ran out of memory: staging may use 64 MiB"),
+        "{msg}"
+    );
     assert!(fx.backend.list(&BTreeMap::new()).is_empty());
+}
+
+#[tokio::test]
+async fn background_processes_and_endless_lines_neither_hang_staging_nor_flood_the_log() {
+    let fx = Fixture::new(55).await;
+    let src = app(&fx.path("app"), &[("x", "1")]);
+    let bp = buildpack(
+        &fx.path("noisy"),
+        &[
+            ("detect", "#!/bin/sh\necho noisy\n"),
+            (
+                "compile",
+                "#!/bin/sh\n(sleep 120; echo late) &\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\necho done\n",
+            ),
+        ],
+    );
+    let mut req = fx.request("noisy", &src);
+    req.buildpacks = vec![bp.display().to_string()];
+    // Were the background sleep waited for, the time limit would fail the staging.
+    req.limits.timeout = Duration::from_secs(60);
+    let (result, lines) = fx.stage(&fx.path("none"), req).await;
+    result.unwrap_or_else(|e| panic!("staging failed: {e}"));
+    assert!(
+        lines.iter().all(|l| l.text.len() <= 8192),
+        "lines are cut at 8 KiB"
+    );
+    assert!(lines.iter().any(|l| l.text == "done"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.text.contains("left processes running in the background")),
+        "{:?}",
+        lines
+            .iter()
+            .map(|l| &l.text[..l.text.len().min(80)])
+            .collect::<Vec<_>>()
+    );
+    assert!(!lines.iter().any(|l| l.text == "late"));
 }
