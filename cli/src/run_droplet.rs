@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kiln_containers::{ContainerSpec, Limits, NetIn, ProcessSpec};
+use kiln_containers::{ContainerSpec, Limits, NetIn, ProcessSpec, StreamInOptions};
 use kiln_droplet::{Instance, APP_PORT};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -103,11 +103,16 @@ async fn serve(
         .context("the container has no forwarded port")?;
     let droplet = std::fs::File::open(&args.droplet)
         .with_context(|| format!("opening {}", args.droplet.display()))?;
+    // Droplets hold links such as `node_modules -> /home/vcap/deps/0/node_modules`.
+    let options = StreamInOptions {
+        user: Some("vcap"),
+        absolute_links: true,
+    };
     backend
-        .stream_in(
+        .stream_in_with(
             handle,
             kiln_droplet::HOME,
-            Some("vcap"),
+            options,
             flate2::read::GzDecoder::new(std::io::BufReader::new(droplet)),
         )
         .await

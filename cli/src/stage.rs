@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use kiln_containers::{NetOutRule, Protocol};
 use kiln_stager::{LogLine, LogSink, Stager, StagingRequest, Stream};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +35,10 @@ pub struct Args {
     /// Stage without the build cache of this app's previous local staging.
     #[arg(long)]
     no_cache: bool,
+    /// Let staging reach NETWORK (a.b.c.d or a.b.c.d/len), optionally only PORT or PORT-PORT,
+    /// e.g. `--egress 0.0.0.0/0:443` (repeatable; default: no network, like the platform).
+    #[arg(long = "egress", value_parser = parse_egress)]
+    egress: Vec<NetOutRule>,
     /// The app: a directory, a .zip or a .tar(.gz).
     #[arg(default_value = ".")]
     app: PathBuf,
@@ -47,6 +52,40 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{k}` is not a valid variable name"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_egress(s: &str) -> Result<NetOutRule, String> {
+    let (network, ports) = match s.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (s, None),
+    };
+    let (addr, len) = network.split_once('/').unwrap_or((network, "32"));
+    let valid =
+        addr.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
+    if !valid {
+        return Err(format!(
+            "`{network}` is not an IPv4 address or network (a.b.c.d/len)"
+        ));
+    }
+    let ports = match ports {
+        None => Vec::new(),
+        Some(p) => {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            match (lo.parse::<u16>(), hi.parse::<u16>()) {
+                (Ok(lo), Ok(hi)) if lo <= hi && lo > 0 => vec![(lo, hi)],
+                _ => return Err(format!("`{p}` is not a port or a port range (PORT-PORT)")),
+            }
+        }
+    };
+    Ok(NetOutRule {
+        protocol: if ports.is_empty() {
+            Protocol::All
+        } else {
+            Protocol::Tcp
+        },
+        networks: vec![network.to_string()],
+        ports,
+    })
 }
 
 /// The built-in buildpacks: `KILN_BUILDPACKS`, else the repository's `buildpacks/`.
@@ -66,6 +105,13 @@ pub async fn run(args: Args) -> Result<u8> {
             output.display(),
             app.display()
         );
+    }
+    match output.parent() {
+        Some(dir) if dir.is_dir() => {}
+        _ => bail!(
+            "cannot write the droplet to {}: its directory does not exist",
+            output.display()
+        ),
     }
     let backend = local::backend(Purpose::Stage, None).await?;
     local::ensure_stack(&backend, &args.stack).await?;
@@ -87,6 +133,7 @@ pub async fn run(args: Args) -> Result<u8> {
     request.buildpacks = args.buildpacks;
     request.env = args.env;
     request.start_command = args.start_command;
+    request.egress = args.egress;
     request.cache_in = (!args.no_cache).then(|| cache.clone());
     request.cache_out = Some(cache);
 

@@ -190,3 +190,35 @@ async fn symlinks_planted_in_the_container_never_reach_host_files() {
     let (_, out, _) = t.sh("planted", "root", &format!("cat /etc/{marker}")).await;
     assert_eq!(out, "x");
 }
+
+#[tokio::test]
+async fn absolute_links_are_kept_only_when_asked_and_resolve_inside_the_container() {
+    let t = TestBackend::new(17).await;
+    t.container("links").await;
+    let link = || {
+        Cursor::new(raw_entry(
+            "passwd",
+            tar::EntryType::Symlink,
+            Some("/etc/passwd"),
+        ))
+    };
+    let refused = t
+        .backend
+        .stream_in("links", "/tmp", Some("vcap"), link())
+        .await;
+    assert!(refused.is_err(), "an absolute link is refused by default");
+    let options = kiln_containers::StreamInOptions {
+        user: Some("vcap"),
+        absolute_links: true,
+    };
+    t.backend
+        .stream_in_with("links", "/tmp", options, link())
+        .await
+        .expect("kept when asked");
+    let (_, out, _) = t.sh("links", "vcap", "cat /tmp/passwd").await;
+    assert!(
+        out.contains("vcap:x:2000:2000"),
+        "the container's passwd: {out}"
+    );
+    assert_ne!(out, std::fs::read_to_string("/etc/passwd").unwrap());
+}

@@ -89,10 +89,12 @@ impl StagingInfo {
     }
 }
 
-/// The launcher, a POSIX `sh` script run as `sh -c LAUNCHER launcher <command>`: it goes to
+/// The launcher, a POSIX `sh` script run as `SHELL -c LAUNCHER launcher <command>`: it goes to
 /// the app directory, sources `profile.d/*.sh` of the droplet, the app's `.profile.d/*.sh` and
-/// `.profile`, then replaces itself with `sh -c <command>`. Works on every stack (busybox sh
-/// is enough), so one launcher serves buildpack and Cloud Native Buildpack droplets alike.
+/// `.profile`, then replaces itself with `SHELL -c <command>`. SHELL is bash where the stack has
+/// it (Cloud Foundry's launcher runs `bash -c`, and profile scripts may use bash), else `sh`
+/// (busybox is enough), so one launcher serves every stack, and buildpack and Cloud Native
+/// Buildpack droplets alike. [`launcher_args`] picks the shell.
 pub const LAUNCHER: &str = r#"cd /home/vcap/app || { echo "launcher: /home/vcap/app is missing: is this a droplet?" >&2; exit 1; }
 for f in /home/vcap/profile.d/*.sh /home/vcap/app/.profile.d/*.sh; do
   if [ -f "$f" ]; then . "$f"; fi
@@ -100,15 +102,21 @@ done
 if [ -f /home/vcap/app/.profile ]; then . /home/vcap/app/.profile; fi
 cd /home/vcap/app || exit 1
 if [ -z "$1" ]; then echo "launcher: no start command: give one in a Procfile or with -c" >&2; exit 1; fi
+if [ -n "$BASH_VERSION" ]; then exec /bin/bash -c "$1"; fi
 exec /bin/sh -c "$1"
 "#;
 
-/// The argv that launches `command` through [`LAUNCHER`] with `/bin/sh`.
+/// Runs [`LAUNCHER`] under bash when the stack has it, else under sh.
+const PICK_SHELL: &str = r#"if [ -x /bin/bash ]; then exec /bin/bash -c "$1" launcher "$2"; fi
+exec /bin/sh -c "$1" launcher "$2""#;
+
+/// The argv, for `/bin/sh`, that launches `command` through [`LAUNCHER`].
 pub fn launcher_args(command: &str) -> Vec<String> {
     vec![
         "-c".to_string(),
+        PICK_SHELL.to_string(),
+        "kiln".to_string(),
         LAUNCHER.to_string(),
-        "launcher".to_string(),
         command.to_string(),
     ]
 }
@@ -192,6 +200,7 @@ pub fn read_staging_info(droplet: &std::path::Path) -> Result<StagingInfo, Dropl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn staging_info_round_trips_and_reads_cloud_foundry_files() {
@@ -224,6 +233,19 @@ mod tests {
             .args(["-c", &script, "launcher", "echo $A $B $C $(pwd)"])
             .output()
             .unwrap();
+        // Through launcher_args, the command runs under bash where there is one.
+        let mut args = launcher_args("echo ${BASH_VERSION:+bash}");
+        args[3] = script.clone();
+        let shell = std::process::Command::new("/bin/sh")
+            .args(&args)
+            .output()
+            .unwrap();
+        let expected = if Path::new("/bin/bash").exists() {
+            "bash"
+        } else {
+            ""
+        };
+        assert_eq!(String::from_utf8_lossy(&shell.stdout).trim(), expected);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),

@@ -4,14 +4,17 @@
 //!
 //! # Layout
 //!
-//! - [`recipes`] builds stacks as OCI image layouts, offline ([`recipes::build_tiny`]).
-//! - [`layout`] writes OCI image layouts and reads them back with every blob verified.
+//! - [`recipes`] builds stacks as OCI image layouts ([`recipes::build_tiny`] offline,
+//!   [`recipes::build_bookworm`] with debootstrap) and caches them once per machine
+//!   ([`recipes::cached`]).
+//! - [`layout`] writes OCI image layouts (layers from memory or streamed from a directory
+//!   tree) and reads them back with every blob verified.
 //! - [`store`] holds unpacked stacks keyed by manifest digest ([`StackStore`]).
 //! - [`unpack`] applies an image's layers, with OCI whiteouts, to a rootfs directory.
 //! - [`archive`] extracts tar streams into, and archives paths out of, a directory tree using
 //!   `openat2(RESOLVE_IN_ROOT)` for every lookup, so a hostile tree cannot reach the host.
 //!
-//! The binary `kiln-rootfs` wraps these for operators: `build`, `import` and `list`.
+//! The binary `kiln-rootfs` wraps these for operators: `build`, `cached`, `import` and `list`.
 //!
 //! # Errors
 //!

@@ -78,7 +78,7 @@ fn unknown_recipe_fails_with_a_readable_message() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("unknown recipe `huge` (known: tiny)"),
+        stderr.contains("unknown recipe `huge` (known: tiny, bookworm)"),
         "{stderr}"
     );
 }

@@ -33,12 +33,13 @@ async fn detect(session: &Session<'_>, k: usize, bp: &Buildpack) -> Result<Detec
         )
         .await?;
     let detected = out.status == 0;
+    // The name a detect prints counts only when it accepted the app.
     let name = out
         .stdout
         .lines()
         .next()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| detected && !l.is_empty())
         .unwrap_or(&bp.name)
         .to_string();
     let reason: Vec<String> = out
@@ -107,6 +108,7 @@ pub(crate) async fn run(
         });
     }
     phases.push(("detect".to_string(), t.elapsed()));
+    check_positions(&chosen)?;
 
     let t = Instant::now();
     let last = chosen.len() - 1;
@@ -166,11 +168,6 @@ pub(crate) async fn run(
                 &[&script, APP_DIR, CACHE_DIR, ENV_DIR],
             )
             .await?;
-        } else if !supply {
-            return Err(StagingError::InvalidBuildpack {
-                buildpack: bp.name.clone(),
-                reason: "is the last buildpack but has neither bin/finalize nor bin/compile".into(),
-            });
         }
         if release {
             let script = format!("{dir}/bin/release");
@@ -212,8 +209,41 @@ pub(crate) async fn run(
     })
 }
 
+/// Refuses, before any script runs, a buildpack before the last without `bin/supply` and a last
+/// buildpack with neither `bin/finalize` nor `bin/compile`.
+fn check_positions(chosen: &[(usize, &Buildpack, String)]) -> Result<(), StagingError> {
+    let last = chosen.len().saturating_sub(1);
+    for (idx, (_, bp, _)) in chosen.iter().enumerate() {
+        let Contract::Classic {
+            supply,
+            finalize,
+            compile,
+            ..
+        } = bp.contract
+        else {
+            continue;
+        };
+        let reason = if idx != last && !supply {
+            format!(
+                "has no bin/supply, so it can only be the last buildpack (it is {} of {})",
+                idx + 1,
+                chosen.len()
+            )
+        } else if idx == last && !finalize && !compile {
+            "is the last buildpack but has neither bin/finalize nor bin/compile".to_string()
+        } else {
+            continue;
+        };
+        return Err(StagingError::InvalidBuildpack {
+            buildpack: bp.name.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
 /// Lists everything a supply must not touch with its ctime (nanoseconds) and size, sorted.
-const SNAPSHOT: &str = "find /home/vcap/app /home/vcap/profile.d /home/vcap/deps -path \"$1\" -prune -o -exec stat -c '%n|%z|%s' {} + | sort > \"$2\"";
+const SNAPSHOT: &str = "find /home/vcap/app /home/vcap/profile.d /home/vcap/deps /home/vcap/tmp /home/vcap/logs -path \"$1\" -prune -o -exec stat -c '%n|%z|%s' {} + | sort > \"$2\"";
 
 /// Runs `bin/supply` and then checks that it wrote nothing outside `deps/<idx>`: a snapshot of
 /// the app, `profile.d` and the other deps dirs (taken as root, out of the buildpack's reach)

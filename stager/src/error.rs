@@ -88,6 +88,12 @@ pub enum StagingError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The platform cannot stage (no built-in buildpacks, a stack without a `vcap` user).
+    #[error("cannot stage: {reason}")]
+    Platform {
+        /// What is wrong and who can fix it.
+        reason: String,
+    },
     /// `-b NAME` is neither a directory, a zip, nor a built-in buildpack.
     #[error("unknown buildpack `{name}`: not a directory, a .zip file, or a built-in buildpack (built-in: {known})")]
     UnknownBuildpack {
@@ -161,7 +167,7 @@ pub enum StagingError {
         tail: Tail,
     },
     /// The container backend failed.
-    #[error("{phase}: {context}")]
+    #[error("{phase}: {context}: {source}")]
     Sandbox {
         /// Where.
         phase: Phase,
@@ -169,10 +175,10 @@ pub enum StagingError {
         context: String,
         /// The backend's error.
         #[source]
-        source: kiln_containers::Error,
+        source: Box<kiln_containers::Error>,
     },
     /// Host-side I/O failed (reading the app, writing the droplet).
-    #[error("{context} {}", path.display())]
+    #[error("{context} {}: {source}", path.display())]
     Io {
         /// What staging was doing.
         context: &'static str,
@@ -218,7 +224,7 @@ impl StagingError {
         move |source| StagingError::Sandbox {
             phase,
             context,
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flate2::read::GzDecoder;
-use kiln_containers::{Backend, ContainerSpec, Limits};
+use kiln_containers::{Backend, ContainerSpec, Limits, StreamInOptions};
 use kiln_droplet::{StagingInfo, APP_DIR};
 use tracing::{info, warn};
 
@@ -164,7 +164,7 @@ impl<'a> Stager<'a> {
         if request.buildpacks.is_empty() {
             let names = self.builtin();
             if names.is_empty() {
-                return Err(StagingError::InvalidApp {
+                return Err(StagingError::Platform {
                     reason: format!(
                         "no buildpack given and no built-in buildpacks in {}",
                         self.builtin_dir.display()
@@ -271,8 +271,16 @@ async fn run(
         )
         .await?;
     let droplet = pack::droplet_out(session, &request.droplet_out, scratch).await?;
+    // The droplet is what was asked for; a cache that cannot be written costs only speed.
     let cache_written = match &request.cache_out {
-        Some(out) => pack::cache_out(session, out).await?,
+        Some(out) => match pack::cache_out(session, out).await {
+            Ok(written) => written,
+            Err(e) => {
+                warn!(error = %e, "writing the cache");
+                session.warn(format!("warning: the build cache was not saved: {e}"));
+                false
+            }
+        },
         None => false,
     };
     session.say(format!(
@@ -323,7 +331,7 @@ mkdir -m 700 {ROOT_SCRATCH}",
         )
         .await?;
     if setup.status != 0 {
-        return Err(StagingError::InvalidApp {
+        return Err(StagingError::Platform {
             reason: format!(
                 "the stack {} could not set up the staging directories (is it a stack with a vcap user?): {}",
                 request.stack,
@@ -335,12 +343,13 @@ mkdir -m 700 {ROOT_SCRATCH}",
         .put(Phase::AppIn, APP_DIR, "vcap", app)
         .await
         .map_err(|e| match e {
-            StagingError::Sandbox {
-                source: kiln_containers::Error::Archive(a),
-                ..
-            } => StagingError::InvalidApp {
-                reason: format!("{a}; nothing was staged"),
-            },
+            StagingError::Sandbox { source, .. }
+                if matches!(*source, kiln_containers::Error::Archive(_)) =>
+            {
+                StagingError::InvalidApp {
+                    reason: format!("{source}; nothing was staged"),
+                }
+            }
             other => other,
         })?;
     for (k, bp) in candidates.all.iter().enumerate() {
@@ -376,25 +385,51 @@ mkdir -m 700 {ROOT_SCRATCH}",
         )
         .await?;
     if let Some(cache) = &request.cache_in {
-        match fs::File::open(cache) {
-            Ok(file) => {
-                session.say("-----> Restoring the build cache");
-                session
-                    .put(
-                        Phase::AppIn,
-                        CACHE_DIR,
-                        "vcap",
-                        GzDecoder::new(std::io::BufReader::new(file)),
-                    )
-                    .await
-                    .map_err(|e| {
-                        warn!(error = %e, "restoring the cache");
-                        e
-                    })?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StagingError::io("opening the cache", cache)(e)),
-        }
+        restore_cache(session, cache).await?;
+    }
+    Ok(())
+}
+
+/// Restores the previous cache. A cache that cannot be restored is dropped with a warning
+/// (the staging then runs cold), never a reason to fail.
+async fn restore_cache(session: &Session<'_>, cache: &Path) -> Result<(), StagingError> {
+    let file = match fs::File::open(cache) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StagingError::io("opening the cache", cache)(e)),
+    };
+    session.say("-----> Restoring the build cache");
+    let options = StreamInOptions {
+        user: Some("vcap"),
+        // The cache is what an earlier staging of this app left, links and all.
+        absolute_links: true,
+    };
+    let restored = session
+        .backend
+        .stream_in_with(
+            &session.handle,
+            CACHE_DIR,
+            options,
+            GzDecoder::new(std::io::BufReader::new(file)),
+        )
+        .await;
+    if let Err(e) = restored {
+        warn!(error = %e, "restoring the cache");
+        session.warn(format!(
+            "warning: the build cache could not be restored ({e}); staging without it"
+        ));
+        session
+            .sh_in(
+                "/",
+                Phase::AppIn,
+                "(cache)",
+                "vcap",
+                "rm -rf /tmp/cache && mkdir /tmp/cache",
+                &[],
+                &[],
+                Output::Log,
+            )
+            .await?;
     }
     Ok(())
 }
@@ -415,8 +450,17 @@ async fn apply_procfile(
             Output::Quiet,
         )
         .await?;
-    if out.status == 3 {
-        return Ok(());
+    match out.status {
+        0 => {}
+        3 => return Ok(()),
+        status => {
+            return Err(StagingError::InvalidApp {
+                reason: format!(
+                    "the Procfile could not be read (status {status}): {}",
+                    out.tail.join(" / ")
+                ),
+            })
+        }
     }
     let procfile =
         parse_procfile(&out.stdout).map_err(|reason| StagingError::InvalidApp { reason })?;

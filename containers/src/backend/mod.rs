@@ -19,6 +19,7 @@ use kiln_rootfs::store::{StackImage, StackStore};
 use tracing::info;
 
 pub use process::Process;
+pub use streams::StreamInOptions;
 
 use crate::config::{Config, IDS_PER_CONTAINER};
 use crate::error::{Error, Result};

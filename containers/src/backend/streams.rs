@@ -13,9 +13,20 @@ use super::Backend;
 use crate::as_user::run_as;
 use crate::error::{Error, Result};
 
+/// How [`Backend::stream_in_with`] extracts a tar stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamInOptions<'a> {
+    /// Owner of every entry: a user of the container's `/etc/passwd` (default `vcap`).
+    pub user: Option<&'a str>,
+    /// Keep symlinks whose target is absolute or climbs above the target directory (they
+    /// resolve inside the container either way). Off for untrusted input such as app bits;
+    /// on for what the platform made itself, such as droplets (`node_modules -> /home/vcap/deps/0/...`).
+    pub absolute_links: bool,
+}
+
 impl Backend {
     /// Extracts the tar stream `tar` at `path` in the container, every entry owned by `user`
-    /// (default `vcap`).
+    /// (default `vcap`); symlinks that would leave `path` are refused.
     pub async fn stream_in(
         &self,
         handle: &str,
@@ -23,8 +34,23 @@ impl Backend {
         user: Option<&str>,
         tar: impl Read + Send + 'static,
     ) -> Result<()> {
+        let options = StreamInOptions {
+            user,
+            absolute_links: false,
+        };
+        self.stream_in_with(handle, path, options, tar).await
+    }
+
+    /// Extracts the tar stream `tar` at `path` in the container as `options` say.
+    pub async fn stream_in_with(
+        &self,
+        handle: &str,
+        path: &str,
+        options: StreamInOptions<'_>,
+        tar: impl Read + Send + 'static,
+    ) -> Result<()> {
         let record = self.inner.record(handle)?;
-        let user_name = user.unwrap_or("vcap");
+        let user_name = options.user.unwrap_or("vcap");
         let user = record
             .users
             .get(user_name)
@@ -48,9 +74,11 @@ impl Backend {
         let rootfs = self.inner.dir(handle).rootfs();
         let path = PathBuf::from(path);
         let target = rootfs.join(path.strip_prefix("/").unwrap_or(&path));
+        let absolute_links = options.absolute_links;
         tokio::task::spawn_blocking(move || {
             let options = ExtractOptions {
                 owner: Some(owner),
+                allow_absolute_and_dot_prefix: absolute_links,
                 ..ExtractOptions::default()
             };
             run_as(owner.0, owner.1, move || {

@@ -1,10 +1,15 @@
 //! `kiln-rootfs`: build stack images and import them into a machine's stack store.
 //!
 //! ```text
-//! kiln-rootfs build tiny --out DIR
+//! kiln-rootfs build tiny|bookworm DIR          (or --out DIR)
+//! kiln-rootfs cached tiny|bookworm [--root DIR]
 //! kiln-rootfs import --store DIR NAME LAYOUT_DIR_OR_TAR
 //! kiln-rootfs list --store DIR
 //! ```
+//!
+//! `build` and `cached` print progress (the bookworm recipe's phases and the output of
+//! debootstrap and apt-get) on stderr, and on stdout a last line with the layout directory and
+//! its manifest digest.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,13 +27,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a stack recipe as an OCI image layout.
+    /// Build a stack recipe as an OCI image layout (bookworm: as root, takes minutes).
     Build {
-        /// The recipe (known: tiny).
+        /// The recipe (known: tiny, bookworm).
         recipe: String,
         /// The layout directory to write (created if missing).
+        #[arg(value_name = "OUT", required_unless_present = "out")]
+        out_dir: Option<PathBuf>,
+        /// The layout directory to write, as an option.
+        #[arg(long, conflicts_with = "out_dir")]
+        out: Option<PathBuf>,
+    },
+    /// Print the layout of a stack recipe in the machine's cache, building it there if missing.
+    Cached {
+        /// The recipe (known: tiny, bookworm).
+        recipe: String,
+        /// The cache root (default: $KILN_STACK_CACHE, else /var/cache/kiln/stacks).
         #[arg(long)]
-        out: PathBuf,
+        root: Option<PathBuf>,
     },
     /// Verify and unpack an OCI image layout (directory or tar) into a stack store.
     Import {
@@ -57,13 +73,32 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Cmd::Build { recipe, out } => {
+        Cmd::Build {
+            recipe,
+            out_dir,
+            out,
+        } => {
+            let Some(out) = out.or(out_dir) else {
+                anyhow::bail!("give the layout directory to write: `build {recipe} DIR`");
+            };
             println!("building stack `{recipe}` into {}", out.display());
             let started = Instant::now();
-            let layout = recipes::build(&recipe, &out)
+            let layout = recipes::build_with_progress(&recipe, &out, &mut print_progress)
                 .with_context(|| format!("building stack `{recipe}`"))?;
             println!(
                 "built {} in {} ms: manifest {}",
+                layout.dir.display(),
+                started.elapsed().as_millis(),
+                layout.manifest_digest
+            );
+        }
+        Cmd::Cached { recipe, root } => {
+            let root = root.unwrap_or_else(recipes::cache_root);
+            let started = Instant::now();
+            let layout = recipes::cached_in(&root, &recipe, &mut print_progress)
+                .with_context(|| format!("stack `{recipe}` in the cache {}", root.display()))?;
+            println!(
+                "{} in {} ms: manifest {}",
                 layout.dir.display(),
                 started.elapsed().as_millis(),
                 layout.manifest_digest
@@ -100,6 +135,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_progress(line: &str) {
+    eprintln!("{line}");
 }
 
 fn print_image(image: &StackImage) {

@@ -3,8 +3,12 @@
 //!
 //! A layout is a directory holding `oci-layout`, `index.json` and content-addressed blobs under
 //! `blobs/sha256/<hex>`. Only sha256 digests are supported; layers may be gzip or plain tar.
+//!
+//! Layers are written from memory ([`write_layout`], [`write_layer`]) or streamed from a
+//! directory tree on disk ([`write_tree_layer`]), then listed with [`write_layout_with_layers`].
 
 mod read;
+mod tree;
 mod write;
 
 use std::io::{self, Read};
@@ -12,10 +16,11 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
-pub(crate) use read::{open_blob, LayerCompression};
+pub(crate) use read::{open_blob, read_manifest_digest, LayerCompression};
 pub use read::{read_image, LayoutImage};
+pub use tree::{write_tree_layer, TreeLayer, TreeSummary};
 pub(crate) use write::write_atomic;
-pub use write::write_layout;
+pub use write::{write_layer, write_layout, write_layout_with_layers, LayerBlob};
 
 /// The annotation naming an image in `index.json`.
 pub const REF_NAME: &str = oci_spec::image::ANNOTATION_REF_NAME;

@@ -69,6 +69,13 @@ pub fn read_image(dir: &Path, name: &str) -> Result<LayoutImage, LayoutError> {
     })
 }
 
+/// The digest of the manifest `index.json` in `dir` picks for `name` (as [`read_image`] does),
+/// without reading or verifying any blob.
+pub(crate) fn read_manifest_digest(dir: &Path, name: &str) -> Result<String, LayoutError> {
+    let index: ImageIndex = parse_file(&dir.join("index.json"), "index.json")?;
+    Ok(pick_manifest(dir, &index, name)?.digest().to_string())
+}
+
 fn ref_name(desc: &Descriptor) -> Option<&str> {
     desc.annotations()
         .as_ref()?

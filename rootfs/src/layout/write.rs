@@ -1,5 +1,7 @@
 //! Writing an OCI image layout: gzip layers, config, manifest, `index.json`, `oci-layout`.
-//! The output is a pure function of the inputs, so identical inputs give identical digests.
+//! The output is a pure function of the inputs, so identical inputs give identical digests
+//! (JSON documents are written with their object keys sorted, so even the maps of an image
+//! config, such as its labels, serialise the same way every time).
 
 use std::collections::HashMap;
 use std::fs;
@@ -16,30 +18,63 @@ use oci_spec::image::{
 
 use super::{sha256_hex, LayoutError, StackLayout, REF_NAME};
 
+/// A layer already stored in a layout's `blobs/sha256/`: what [`write_layout_with_layers`]
+/// lists in the manifest and the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// The stored (compressed) blob: media type, size and digest.
+    pub descriptor: Descriptor,
+    /// `sha256:<hex>` of the uncompressed tar, for the config's `rootfs.diff_ids`.
+    pub diff_id: String,
+}
+
 /// Writes an image layout to `out_dir` (created if missing) holding one image named `name`:
 /// each entry of `layers` is an uncompressed tar, stored gzip-compressed, listed in order
 /// (base first); `config`'s `rootfs.diff_ids` are filled in from the layers.
 pub fn write_layout(
     out_dir: &Path,
     name: &str,
-    mut config: ImageConfiguration,
+    config: ImageConfiguration,
     layers: &[Vec<u8>],
 ) -> Result<StackLayout, LayoutError> {
-    let blobs = out_dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blobs).map_err(|source| LayoutError::Io {
-        path: blobs.clone(),
+    create_blobs_dir(out_dir)?;
+    let mut blobs = Vec::with_capacity(layers.len());
+    for tar in layers {
+        blobs.push(write_layer(out_dir, tar)?);
+    }
+    write_layout_with_layers(out_dir, name, config, &blobs)
+}
+
+/// Stores the uncompressed tar `tar` gzip-compressed as a layer blob of the layout in
+/// `out_dir` (created if missing).
+pub fn write_layer(out_dir: &Path, tar: &[u8]) -> Result<LayerBlob, LayoutError> {
+    create_blobs_dir(out_dir)?;
+    let diff_id = format!("sha256:{}", sha256_hex(tar));
+    let gz = gzip(tar).map_err(|source| LayoutError::Io {
+        path: out_dir.to_path_buf(),
         source,
     })?;
-    let mut layer_descs = Vec::with_capacity(layers.len());
-    let mut diff_ids = Vec::with_capacity(layers.len());
-    for tar in layers {
-        diff_ids.push(format!("sha256:{}", sha256_hex(tar)));
-        let gz = gzip(tar).map_err(|source| LayoutError::Io {
-            path: out_dir.to_path_buf(),
-            source,
-        })?;
-        layer_descs.push(write_blob(out_dir, MediaType::ImageLayerGzip, &gz)?);
-    }
+    let descriptor = write_blob(out_dir, MediaType::ImageLayerGzip, &gz)?;
+    Ok(LayerBlob {
+        descriptor,
+        diff_id,
+    })
+}
+
+/// Completes an image layout in `out_dir` whose layer blobs are already stored (by
+/// [`write_layer`] or [`super::write_tree_layer`]): writes the config (with `rootfs.diff_ids`
+/// filled in from `layers`, base first), the manifest, `index.json` (the manifest annotated
+/// with ref name `name`) and `oci-layout`. `index.json` is written last, atomically, so a
+/// reader never sees it point at a missing blob.
+pub fn write_layout_with_layers(
+    out_dir: &Path,
+    name: &str,
+    mut config: ImageConfiguration,
+    layers: &[LayerBlob],
+) -> Result<StackLayout, LayoutError> {
+    create_blobs_dir(out_dir)?;
+    let layer_descs: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     config.rootfs_mut().set_diff_ids(diff_ids);
     let config_json = to_json(&config, "image config")?;
     let config_desc = write_blob(out_dir, MediaType::ImageConfig, &config_json)?;
@@ -78,14 +113,22 @@ pub fn write_layout(
             what: "oci-layout",
             source,
         })?;
-    write_atomic(&out_dir.join("index.json"), &to_json(&index, "index.json")?)?;
     write_atomic(
         &out_dir.join("oci-layout"),
         &to_json(&layout, "oci-layout")?,
     )?;
+    write_atomic(&out_dir.join("index.json"), &to_json(&index, "index.json")?)?;
     Ok(StackLayout {
         dir: out_dir.to_path_buf(),
         manifest_digest,
+    })
+}
+
+fn create_blobs_dir(out_dir: &Path) -> Result<(), LayoutError> {
+    let blobs = out_dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blobs).map_err(|source| LayoutError::Io {
+        path: blobs,
+        source,
     })
 }
 
@@ -96,15 +139,20 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// Serialises through a `serde_json::Value` with every object's keys sorted, so a `HashMap`
+/// field (labels, annotations) comes out in the same order every time.
 fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Vec<u8>, LayoutError> {
-    serde_json::to_vec(value).map_err(|source| LayoutError::Json {
+    let json_err = |source| LayoutError::Json {
         what: what.to_string(),
         source,
-    })
+    };
+    let mut value = serde_json::to_value(value).map_err(json_err)?;
+    value.sort_all_objects();
+    serde_json::to_vec(&value).map_err(json_err)
 }
 
 /// Stores `bytes` as `blobs/sha256/<hex>` and returns its descriptor.
-fn write_blob(
+pub(super) fn write_blob(
     out_dir: &Path,
     media_type: MediaType,
     bytes: &[u8],
@@ -135,12 +183,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError>
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
+    let tmp = path.with_file_name(temp_name(&file_name));
     let mut file = fs::File::create(&tmp).map_err(io_err)?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(io_err)?;
     fs::rename(&tmp, path).map_err(io_err)
+}
+
+/// A hidden name for a temporary sibling of `file_name`, unique to this process and call.
+pub(super) fn temp_name(file_name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(".{file_name}.tmp-{}-{n}", std::process::id())
 }

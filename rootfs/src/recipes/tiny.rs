@@ -15,6 +15,9 @@ use tar::{EntryType, Header};
 use super::{RecipeError, StackLayout};
 use crate::layout::write_layout;
 
+/// Bump whenever the recipe's output changes, so [`super::cached`] builds it again.
+pub const RECIPE_VERSION: u32 = 1;
+
 /// Where [`build_tiny`] takes busybox from (Debian's `busybox-static`).
 pub const HOST_BUSYBOX: &str = "/bin/busybox";
 

@@ -39,8 +39,9 @@ impl Fixture {
     pub async fn new(index: u8) -> Fixture {
         assert!((40..60).contains(&index), "stager tests use indexes 40-59");
         // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            euid == 0,
             "the staging tests need root (runc, mounts, iptables)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -121,10 +122,10 @@ impl Fixture {
             .expect("create the run container");
         let tgz = fs::File::open(droplet).expect("open droplet");
         self.backend
-            .stream_in(
+            .stream_in_with(
                 &handle,
                 "/home/vcap",
-                Some("vcap"),
+                droplet_options(),
                 flate2::read::GzDecoder::new(tgz),
             )
             .await
@@ -159,6 +160,14 @@ impl Drop for Fixture {
         if let Err(e) = Backend::destroy_all(&self.config) {
             eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
         }
+    }
+}
+
+/// How droplets are copied in: the platform made them, absolute links included.
+fn droplet_options() -> kiln_containers::StreamInOptions<'static> {
+    kiln_containers::StreamInOptions {
+        user: Some("vcap"),
+        absolute_links: true,
     }
 }
 
@@ -266,10 +275,10 @@ impl Fixture {
         let port = info.mapped_ports[0].host_port;
         let tgz = fs::File::open(droplet).expect("open droplet");
         self.backend
-            .stream_in(
+            .stream_in_with(
                 &handle,
                 "/home/vcap",
-                Some("vcap"),
+                droplet_options(),
                 flate2::read::GzDecoder::new(tgz),
             )
             .await
