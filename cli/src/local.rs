@@ -52,14 +52,12 @@ impl Drop for LocalBackend {
 
 /// Starts the backend for `purpose`; `port` pins the one host port `run-droplet` may hand out.
 pub async fn backend(purpose: Purpose, port: Option<u16>) -> Result<LocalBackend> {
+    let command = match purpose {
+        Purpose::Stage => "stage",
+        Purpose::Run => "run-droplet",
+    };
     if libc_geteuid() != 0 {
-        bail!(
-            "kiln {} runs containers and needs root: run it with sudo",
-            match purpose {
-                Purpose::Stage => "stage",
-                Purpose::Run => "run-droplet",
-            }
-        );
+        bail!("kiln {command} runs containers and needs root: run it with sudo");
     }
     let (name, pool, uid_start) = match purpose {
         Purpose::Stage => ("stage", "10.253.0.0/26", 1u32 << 29),
@@ -81,12 +79,19 @@ pub async fn backend(purpose: Purpose, port: Option<u16>) -> Result<LocalBackend
         recovery: Recovery::Destroy,
         ..Config::default()
     };
-    let backend = Backend::new(config.clone()).await.with_context(|| {
-        format!(
-            "starting the local container backend in {}",
-            cli_dir().join(name).display()
-        )
-    })?;
+    let backend = match Backend::new(config.clone()).await {
+        Ok(b) => b,
+        Err(kiln_containers::Error::DataDirInUse(dir)) => bail!(
+            "another `kiln {command}` is running on this machine (it holds {}): wait for it or stop it",
+            dir.display()
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "starting the local container backend in {}",
+                cli_dir().join(name).display()
+            )))
+        }
+    };
     Ok(LocalBackend {
         backend: Some(backend),
         config,
