@@ -62,8 +62,14 @@ pub async fn run(args: Args) -> Result<u8> {
             bail!("`{e}` is not KEY=VALUE");
         }
     }
+    // From here on Ctrl-C stops the app and cleans up instead of killing `kiln`.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("handling Ctrl-C")?;
     let backend = local::backend(Purpose::Run, args.port).await?;
-    local::ensure_stack(&backend, &args.stack).await?;
+    tokio::select! {
+        r = local::ensure_stack(&backend, &args.stack) => r?,
+        _ = interrupt.recv() => return Ok(130),
+    }
     let handle = format!("run-droplet-{}", std::process::id());
     let spec = ContainerSpec {
         handle: handle.clone(),
@@ -78,11 +84,12 @@ pub async fn run(args: Args) -> Result<u8> {
         }],
         ..ContainerSpec::default()
     };
-    let created = backend
-        .create(spec)
-        .await
-        .context("creating the container")?;
-    let result = serve(&backend, &handle, created, &args, &command).await;
+    // An interrupted create is undone by the backend's clean-up when `backend` is dropped.
+    let created = tokio::select! {
+        c = backend.create(spec) => c.context("creating the container")?,
+        _ = interrupt.recv() => return Ok(130),
+    };
+    let result = serve(&backend, &handle, created, &args, &command, &mut interrupt).await;
     if let Err(e) = backend.destroy(&handle).await {
         eprintln!("warning: destroying {handle}: {e}");
     }
@@ -95,6 +102,7 @@ async fn serve(
     created: kiln_containers::ContainerInfo,
     args: &Args,
     command: &str,
+    interrupt: &mut tokio::signal::unix::Signal,
 ) -> Result<u8> {
     let host_port = created
         .mapped_ports
@@ -108,15 +116,16 @@ async fn serve(
         user: Some("vcap"),
         absolute_links: true,
     };
-    backend
-        .stream_in_with(
-            handle,
-            kiln_droplet::HOME,
-            options,
-            flate2::read::GzDecoder::new(std::io::BufReader::new(droplet)),
-        )
-        .await
-        .context("copying the droplet in")?;
+    let copy = backend.stream_in_with(
+        handle,
+        kiln_droplet::HOME,
+        options,
+        flate2::read::GzDecoder::new(std::io::BufReader::new(droplet)),
+    );
+    tokio::select! {
+        r = copy => r.context("copying the droplet in")?,
+        _ = interrupt.recv() => return Ok(130),
+    }
     let instance = Instance {
         app_id: "local".into(),
         app_name: args
@@ -152,7 +161,7 @@ async fn serve(
             eprintln!("the app exited with status {}{}", exit.code, if exit.oom_killed { " (out of memory)" } else { "" });
             u8::try_from(exit.code).unwrap_or(1).max(1)
         }
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.recv() => {
             eprintln!("\nstopping");
             let _ = process.signal(libc::SIGTERM).await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), process.wait()).await;

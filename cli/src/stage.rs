@@ -113,8 +113,14 @@ pub async fn run(args: Args) -> Result<u8> {
             output.display()
         ),
     }
+    // From here on Ctrl-C cleans up instead of killing `kiln`.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("handling Ctrl-C")?;
     let backend = local::backend(Purpose::Stage, None).await?;
-    local::ensure_stack(&backend, &args.stack).await?;
+    tokio::select! {
+        r = local::ensure_stack(&backend, &args.stack) => r?,
+        _ = interrupt.recv() => return Ok(130),
+    }
     let cache = local::cli_dir().join("caches").join(format!(
         "{}-{}.tgz",
         hex::encode(&Sha256::digest(app.as_os_str().as_encoded_bytes())[..8]),
@@ -150,11 +156,17 @@ pub async fn run(args: Args) -> Result<u8> {
     let handle = format!("staging-{}", request.id);
     let outcome = tokio::select! {
         r = stager.stage(request, sink) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
+        _ = interrupt.recv() => None,
     };
     let Some(outcome) = outcome else {
         eprintln!("\ninterrupted: cleaning up the staging container");
-        let _ = backend.destroy(&handle).await;
+        // Dropping the staging destroys its container in the background; wait for that.
+        for _ in 0..100 {
+            if backend.info(&handle).is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         return Ok(130);
     };
     match outcome {

@@ -116,6 +116,10 @@ impl<'a> Stager<'a> {
                 format!("creating the staging container on stack {}", request.stack),
             ))?;
         phases.push(("create".to_string(), started.elapsed()));
+        let mut guard = ContainerGuard {
+            backend: self.backend.clone(),
+            handle: Some(handle.clone()),
+        };
         let mut session = Session::new(
             self.backend,
             handle.clone(),
@@ -133,6 +137,7 @@ impl<'a> Stager<'a> {
             &mut phases,
         )
         .await;
+        guard.handle = None;
         if let Err(e) = self.backend.destroy(&handle).await {
             warn!(error = %e, "destroying the staging container");
             session.warn(format!(
@@ -197,6 +202,35 @@ impl<'a> Stager<'a> {
             });
         }
         Ok(Candidates { all, named: true })
+    }
+}
+
+/// Destroys the staging container when a staging is abandoned (its future dropped) before it
+/// destroyed the container itself: the destroy runs on the runtime in the background.
+struct ContainerGuard {
+    backend: Backend,
+    handle: Option<String>,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let backend = self.backend.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = backend.destroy(&handle).await {
+                        warn!(error = %e, handle, "destroying an abandoned staging container");
+                    }
+                });
+            }
+            Err(_) => warn!(
+                handle,
+                "abandoned staging container left behind: no runtime to destroy it"
+            ),
+        }
     }
 }
 

@@ -395,3 +395,35 @@ async fn background_processes_and_endless_lines_neither_hang_staging_nor_flood_t
     );
     assert!(!lines.iter().any(|l| l.text == "late"));
 }
+
+#[tokio::test]
+async fn an_abandoned_staging_destroys_its_container() {
+    let fx = Fixture::new(56).await;
+    let src = app(&fx.path("app"), &[("x", "1")]);
+    let bp = buildpack(
+        &fx.path("slow"),
+        &[
+            ("detect", "#!/bin/sh\necho slow\n"),
+            ("compile", "#!/bin/sh\nsleep 60\n"),
+        ],
+    );
+    let mut req = fx.request("abandoned", &src);
+    req.buildpacks = vec![bp.display().to_string()];
+    let stager = fx.stager(&fx.path("none"));
+    let staging = stager.stage(req, kiln_stager::log::discard());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), staging)
+            .await
+            .is_err(),
+        "still compiling"
+    );
+    let mut left = fx.backend.list(&BTreeMap::new());
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = fx.backend.list(&BTreeMap::new());
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
