@@ -279,3 +279,87 @@ async fn the_log_is_streamed_while_the_buildpack_runs() {
         "`first` arrived only at the end"
     );
 }
+
+#[tokio::test]
+async fn a_cloud_native_group_passes_build_layers_and_plan_entries_to_later_buildpacks() {
+    let fx = Fixture::new(57).await;
+    let provider = buildpack(
+        &fx.path("provider"),
+        &[
+            ("buildpack.toml", "api = \"0.10\"\n[buildpack]\nid = \"kiln/tool\"\nversion = \"1\"\n"),
+            ("detect", "#!/bin/sh\nprintf '[[provides]]\\nname = \"tool\"\\n' > \"$CNB_BUILD_PLAN_PATH\"\n"),
+            (
+                "build",
+                "#!/bin/sh\nset -e\nL=$CNB_LAYERS_DIR\ngrep -q 'flavour = \"mint\"' \"$CNB_BP_PLAN_PATH\"\n\
+                 mkdir -p \"$L/tool/bin\" \"$L/tool/env.build\" \"$L/junk\"\n\
+                 printf '#!/bin/sh\\necho built-with-tool\\n' > \"$L/tool/bin/tool\"\nchmod +x \"$L/tool/bin/tool\"\n\
+                 printf 'from-build-layer' > \"$L/tool/env.build/TOOL_FLAVOUR\"\n\
+                 printf '[types]\\nbuild = true\\n' > \"$L/tool.toml\"\n",
+            ),
+        ],
+    );
+    let user = buildpack(
+        &fx.path("user"),
+        &[
+            ("buildpack.toml", "api = \"0.10\"\n[buildpack]\nid = \"kiln/user\"\nversion = \"2\"\n"),
+            (
+                "detect",
+                "#!/bin/sh\nprintf '[[requires]]\\nname = \"tool\"\\n[requires.metadata]\\nflavour = \"mint\"\\n' > \"$CNB_BUILD_PLAN_PATH\"\n",
+            ),
+            (
+                "build",
+                "#!/bin/sh\nset -e\nL=$CNB_LAYERS_DIR\nmkdir -p \"$L/out\"\n\
+                 echo \"$(tool) $TOOL_FLAVOUR\" > \"$L/out/result\"\nprintf '[types]\\nlaunch = true\\n' > \"$L/out.toml\"\n\
+                 printf '[[processes]]\\ntype = \"web\"\\ncommand = \"cat %s/out/result\"\\n' \"$L\" > \"$L/launch.toml\"\n",
+            ),
+        ],
+    );
+    let src = app(&fx.path("app"), &[("x", "1")]);
+    let mut req = fx.request("group", &src);
+    req.buildpacks = vec![provider.display().to_string(), user.display().to_string()];
+    let (result, lines) = fx.stage(&common::builtin_dir(), req).await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    let r = result.unwrap_or_else(|e| panic!("staging failed: {e}\n{}", texts.join("\n")));
+    assert_eq!(
+        r.buildpacks,
+        vec!["kiln/tool@1".to_string(), "kiln/user@2".to_string()]
+    );
+    let entries = droplet_entries(&r.droplet);
+    assert!(
+        entries.contains(&"deps/1/out/result".to_string()),
+        "{entries:?}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.starts_with("deps/0/tool") || e.contains("junk")),
+        "build-only and undeclared layers stay out: {entries:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("layer junk has no junk.toml")),
+        "{texts:?}"
+    );
+    let (code, out, err) = fx.run_droplet("tiny", &r.droplet, &r.start_command).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "built-with-tool from-build-layer\n"),
+        "stderr: {err}"
+    );
+
+    // A require nobody provides fails detection and says which.
+    let mut req = fx.request("orphan", &src);
+    req.buildpacks = vec![user.display().to_string()];
+    let err = fx
+        .stage(&common::builtin_dir(), req)
+        .await
+        .0
+        .expect_err("no provider");
+    assert_eq!(err.exit_code(), 222);
+    assert!(
+        err.to_string()
+            .contains("user requires `tool` but no buildpack of the group provides it"),
+        "{err}"
+    );
+}
