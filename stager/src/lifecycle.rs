@@ -90,8 +90,22 @@ impl<'a> Stager<'a> {
                 std::env::temp_dir(),
             ))?;
         // Everything that can be refused on the host is refused before a container exists.
-        let candidates = self.candidates(&request, scratch.path())?;
-        let app = app_tar(&request.app, scratch.path(), request.limits.disk_bytes)?;
+        let prepared = {
+            let (builtin, request, scratch) = (
+                self.builtin_dir.clone(),
+                request.clone(),
+                scratch.path().to_path_buf(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let found = candidates(&builtin, &request, &scratch)?;
+                let app = app_tar(&request.app, &scratch, request.limits.disk_bytes)?;
+                Ok::<_, StagingError>((found, app))
+            })
+            .await
+        };
+        let (candidates, app) = prepared.map_err(|e| StagingError::Platform {
+            reason: format!("reading the app and buildpacks failed: {e}"),
+        })??;
 
         let mut phases = Vec::new();
         let started = Instant::now();
@@ -160,49 +174,49 @@ impl<'a> Stager<'a> {
             log: session.log(),
         })
     }
+}
 
-    fn candidates(
-        &self,
-        request: &StagingRequest,
-        scratch: &Path,
-    ) -> Result<Candidates, StagingError> {
-        if request.buildpacks.is_empty() {
-            let names = self.builtin();
-            if names.is_empty() {
-                return Err(StagingError::Platform {
-                    reason: format!(
-                        "no buildpack given and no built-in buildpacks in {}",
-                        self.builtin_dir.display()
-                    ),
-                });
-            }
-            let all = names
-                .iter()
-                .map(|n| Buildpack::load(n, &self.builtin_dir.join(n)))
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Candidates { all, named: false });
-        }
-        let all = request
-            .buildpacks
-            .iter()
-            .enumerate()
-            .map(|(i, arg)| resolve(arg, &self.builtin_dir, scratch, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let natives = all.iter().filter(|b| b.is_native()).count();
-        if natives > 0 && natives < all.len() {
-            return Err(StagingError::InvalidBuildpack {
-                buildpack: all
-                    .iter()
-                    .map(|b| b.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason:
-                    "Cloud Native Buildpacks and classic buildpacks cannot be mixed in one staging"
-                        .into(),
+/// The buildpacks of `request`: the named ones, or every built-in for detection.
+fn candidates(
+    builtin_dir: &Path,
+    request: &StagingRequest,
+    scratch: &Path,
+) -> Result<Candidates, StagingError> {
+    if request.buildpacks.is_empty() {
+        let names = builtin_names(builtin_dir);
+        if names.is_empty() {
+            return Err(StagingError::Platform {
+                reason: format!(
+                    "no buildpack given and no built-in buildpacks in {}",
+                    builtin_dir.display()
+                ),
             });
         }
-        Ok(Candidates { all, named: true })
+        let all = names
+            .iter()
+            .map(|n| Buildpack::load(n, &builtin_dir.join(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Candidates { all, named: false });
     }
+    let all = request
+        .buildpacks
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| resolve(arg, builtin_dir, scratch, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let natives = all.iter().filter(|b| b.is_native()).count();
+    if natives > 0 && natives < all.len() {
+        return Err(StagingError::InvalidBuildpack {
+            buildpack: all
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: "Cloud Native Buildpacks and classic buildpacks cannot be mixed in one staging"
+                .into(),
+        });
+    }
+    Ok(Candidates { all, named: true })
 }
 
 /// Destroys the staging container when a staging is abandoned (its future dropped) before it
@@ -387,7 +401,12 @@ mkdir -m 700 {ROOT_SCRATCH}",
             other => other,
         })?;
     for (k, bp) in candidates.all.iter().enumerate() {
-        let tar = dir_tar_at(&bp.dir, &scratch.join(format!("buildpack-{k}.tar")))?;
+        let (dir, path) = (bp.dir.clone(), scratch.join(format!("buildpack-{k}.tar")));
+        let tar = tokio::task::spawn_blocking(move || dir_tar_at(&dir, &path))
+            .await
+            .map_err(|e| StagingError::Platform {
+                reason: format!("archiving buildpack {}: {e}", bp.name),
+            })??;
         session
             .put(Phase::AppIn, &buildpack_dir(k), "root", tar)
             .await?;

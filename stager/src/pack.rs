@@ -60,7 +60,12 @@ pub(crate) async fn droplet_out(
         .flush()
         .map_err(StagingError::io("writing", &home_tar))?;
     let tmp = partial(out);
-    let result = repack(&home_tar, &tmp);
+    let result = {
+        let (home_tar, tmp) = (home_tar.clone(), tmp.clone());
+        tokio::task::spawn_blocking(move || repack(&home_tar, &tmp))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+    };
     let _ = fs::remove_file(&home_tar);
     match result {
         Ok(v) => {
