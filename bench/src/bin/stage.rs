@@ -110,7 +110,7 @@ async fn bench(config: &Config, scratch: &Path, rounds: usize) -> Result<serde_j
                     s.phases.entry(phase).or_default().push(d);
                 }
                 let _ = std::fs::remove_file(scratch.join(format!("{id}.tgz")));
-                let b = host_baseline(app, scratch, warm.then_some(round))?;
+                let b = host_baseline(app, scratch, round, warm)?;
                 baseline
                     .entry(if warm { warm_key(app) } else { cold_key(app) })
                     .or_default()
@@ -157,23 +157,18 @@ fn warm_key(app: &str) -> &'static str {
     }
 }
 
-/// Runs the app's buildpack scripts on the host in scratch dirs; with `warm`, reusing the
-/// cache dir of that round's cold run.
-fn host_baseline(app: &str, scratch: &Path, warm: Option<usize>) -> Result<Duration> {
-    let root = scratch.join(format!(
-        "host-{app}-{}",
-        warm.map_or("cold".to_string(), |r| format!("warm-{r}"))
-    ));
+/// Runs the app's buildpack scripts on the host in scratch dirs; cold with an empty cache dir,
+/// warm with the cache dir the round's cold run filled.
+fn host_baseline(app: &str, scratch: &Path, round: usize, warm: bool) -> Result<Duration> {
+    // The same paths cold and warm: buildpacks may key their cache on them.
+    let root = scratch.join(format!("host-{app}-{round}"));
     let build = root.join("app");
     let deps = root.join("deps");
     let profile = root.join("profile.d");
-    let cache = match warm {
-        Some(r) => scratch.join(format!("host-{app}-cache-{r}")),
-        None => {
-            let n = std::fs::read_dir(scratch)?.count();
-            scratch.join(format!("host-{app}-cache-{n}"))
-        }
-    };
+    let cache = scratch.join(format!("host-{app}-cache-{round}"));
+    if !warm && cache.exists() {
+        std::fs::remove_dir_all(&cache)?;
+    }
     for d in [&build, &deps.join("0"), &profile, &cache] {
         std::fs::create_dir_all(d)?;
     }
