@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use kiln_droplet::{APP_DIR, DEPS_DIR, PROFILE_DIR};
 
 use crate::buildpack::{Buildpack, Contract};
-use crate::error::{Phase, StagingError, Tail};
+use crate::error::{Phase, StagingError};
 use crate::lifecycle::{buildpack_dir, Built, Candidates, CACHE_DIR, ENV_DIR, ROOT_SCRATCH};
 use crate::release::parse_release;
 use crate::request::DetectOutcome;
-use crate::session::{Output, Session};
+use crate::session::{Output, Session, Step};
 
 /// A detect that ran.
 struct Detected {
@@ -22,15 +22,9 @@ struct Detected {
 async fn detect(session: &Session<'_>, k: usize, bp: &Buildpack) -> Result<Detected, StagingError> {
     let script = format!("{}/bin/detect", buildpack_dir(k));
     let out = session
-        .sh(
-            Phase::Detect,
-            &bp.name,
-            "vcap",
-            "exec \"$@\"",
-            &[&script, APP_DIR],
-            &[],
-            Output::Quiet,
-        )
+        .sh(Step::new(Phase::Detect, &bp.name, "vcap", "exec \"$@\"")
+            .args(&[&script, APP_DIR])
+            .output(Output::Quiet))
         .await?;
     let detected = out.status == 0;
     // The name a detect prints counts only when it accepted the app.
@@ -172,24 +166,11 @@ pub(crate) async fn run(
         if release {
             let script = format!("{dir}/bin/release");
             let out = session
-                .sh(
-                    Phase::Release,
-                    &bp.name,
-                    "vcap",
-                    "exec \"$@\"",
-                    &[&script, APP_DIR],
-                    &[],
-                    Output::Capture,
-                )
+                .sh(Step::new(Phase::Release, &bp.name, "vcap", "exec \"$@\"")
+                    .args(&[&script, APP_DIR])
+                    .output(Output::Capture))
                 .await?;
-            if out.status != 0 {
-                return Err(StagingError::BuildpackFailed {
-                    phase: Phase::Release,
-                    buildpack: bp.name.clone(),
-                    status: out.status,
-                    tail: Tail(out.tail),
-                });
-            }
+            let out = out.succeeded(Phase::Release, &bp.name)?;
             process_types =
                 parse_release(&out.stdout).map_err(|reason| StagingError::ContractViolated {
                     phase: Phase::Release,
@@ -258,59 +239,26 @@ async fn run_supply(
     let before = format!("{ROOT_SCRATCH}/supply-{idx}.before");
     let after = format!("{ROOT_SCRATCH}/supply-{idx}.after");
     let snap = session
-        .sh(
-            Phase::Supply,
-            &bp.name,
-            "root",
-            SNAPSHOT,
-            &[&own, &before],
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(Phase::Supply, &bp.name, "root", SNAPSHOT).args(&[&own, &before]))
         .await?;
-    if snap.status != 0 {
-        return Err(StagingError::ContractViolated {
-            phase: Phase::Supply,
-            buildpack: "(kiln)".into(),
-            reason: format!(
-                "could not list the app before supply: {}",
-                snap.tail.join(" / ")
-            ),
-        });
-    }
+    snap.or_violation(
+        Phase::Supply,
+        "(kiln)",
+        "could not list the app before supply",
+    )?;
     let script = format!("{dir}/bin/supply");
     let out = session
-        .sh(
-            Phase::Supply,
-            &bp.name,
-            "vcap",
-            "exec \"$@\"",
-            &[&script, APP_DIR, CACHE_DIR, DEPS_DIR, idx],
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(Phase::Supply, &bp.name, "vcap", "exec \"$@\"")
+            .args(&[&script, APP_DIR, CACHE_DIR, DEPS_DIR, idx]))
         .await?;
-    if out.status != 0 {
-        return Err(StagingError::BuildpackFailed {
-            phase: Phase::Supply,
-            buildpack: bp.name.clone(),
-            status: out.status,
-            tail: Tail(out.tail),
-        });
-    }
+    out.succeeded(Phase::Supply, &bp.name)?;
     let check = format!(
         "{SNAPSHOT}\ndiff -u \"$3\" \"$2\" | sed -n 's/^[-+]\\(\\/[^|]*\\)|.*/\\1/p' | sort -u | head -n 10"
     );
     let changed = session
-        .sh(
-            Phase::Supply,
-            &bp.name,
-            "root",
-            &check,
-            &[&own, &after, &before],
-            &[],
-            Output::Quiet,
-        )
+        .sh(Step::new(Phase::Supply, &bp.name, "root", &check)
+            .args(&[&own, &after, &before])
+            .output(Output::Quiet))
         .await?;
     let written: Vec<&str> = changed.stdout.lines().filter(|l| !l.is_empty()).collect();
     if !written.is_empty() {
@@ -334,24 +282,9 @@ async fn step(
     args: &[&str],
 ) -> Result<(), StagingError> {
     let out = session
-        .sh(
-            phase,
-            &bp.name,
-            "vcap",
-            "exec \"$@\"",
-            args,
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(phase, &bp.name, "vcap", "exec \"$@\"").args(args))
         .await?;
-    if out.status != 0 {
-        return Err(StagingError::BuildpackFailed {
-            phase,
-            buildpack: bp.name.clone(),
-            status: out.status,
-            tail: Tail(out.tail),
-        });
-    }
+    out.succeeded(phase, &bp.name)?;
     Ok(())
 }
 
@@ -365,26 +298,13 @@ async fn collect_profile_scripts(session: &Session<'_>) -> Result<(), StagingErr
 done
 exit 0";
     let out = session
-        .sh(
-            Phase::Finalize,
-            "(profile.d)",
-            "vcap",
-            script,
-            &[],
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(Phase::Finalize, "(profile.d)", "vcap", script))
         .await?;
-    if out.status != 0 {
-        return Err(StagingError::ContractViolated {
-            phase: Phase::Finalize,
-            buildpack: "(profile.d)".into(),
-            reason: format!(
-                "profile.d scripts could not be collected: {}",
-                out.tail.join(" / ")
-            ),
-        });
-    }
+    out.or_violation(
+        Phase::Finalize,
+        "(profile.d)",
+        "profile.d scripts could not be collected",
+    )?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use crate::log::LogSink;
 use crate::pack;
 use crate::release::parse_procfile;
 use crate::request::{DetectOutcome, StagingRequest, StagingResult};
-use crate::session::{file_tar, Output, Session};
+use crate::session::{file_tar, Output, Session, Step};
 use crate::{classic, native};
 
 /// Where buildpack `k` is copied in the staging container.
@@ -367,16 +367,7 @@ mkdir -m 700 {ROOT_SCRATCH}",
         deps = deps.join(" ")
     );
     let setup = session
-        .sh_in(
-            "/",
-            Phase::AppIn,
-            "(setup)",
-            "root",
-            &script,
-            &[],
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(Phase::AppIn, "(setup)", "root", &script).dir("/"))
         .await?;
     if setup.status != 0 {
         return Err(StagingError::Platform {
@@ -472,16 +463,13 @@ async fn restore_cache(session: &Session<'_>, cache: &Path) -> Result<(), Stagin
             "warning: the build cache could not be restored ({e}); staging without it"
         ));
         session
-            .sh_in(
-                "/",
+            .sh(Step::new(
                 Phase::AppIn,
                 "(cache)",
                 "vcap",
                 "rm -rf /tmp/cache && mkdir /tmp/cache",
-                &[],
-                &[],
-                Output::Log,
             )
+            .dir("/"))
             .await?;
     }
     Ok(())
@@ -493,15 +481,13 @@ async fn apply_procfile(
     types: &mut BTreeMap<String, String>,
 ) -> Result<(), StagingError> {
     let out = session
-        .sh(
+        .sh(Step::new(
             Phase::Release,
             "(Procfile)",
             "vcap",
             "if [ -f Procfile ]; then cat Procfile; else exit 3; fi",
-            &[],
-            &[],
-            Output::Quiet,
         )
+        .output(Output::Quiet))
         .await?;
     match out.status {
         0 => {}

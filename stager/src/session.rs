@@ -15,6 +15,59 @@ use crate::log::{LogLine, LogSink, Stream, TailBuffer};
 /// Standard output kept from one step (detect names, release YAML), at most this many bytes.
 const STDOUT_CAP: usize = 1 << 20;
 
+/// One `sh -c` command of a staging; [`Step::new`] then the settings that differ from the
+/// defaults (no args, no extra env, the app directory, output to the log).
+pub(crate) struct Step<'a> {
+    phase: Phase,
+    buildpack: &'a str,
+    user: &'a str,
+    script: &'a str,
+    args: &'a [&'a str],
+    env: &'a [String],
+    dir: &'a str,
+    output: Output,
+}
+
+impl<'a> Step<'a> {
+    /// `script` for `buildpack` in `phase`, run as `user`.
+    pub fn new(phase: Phase, buildpack: &'a str, user: &'a str, script: &'a str) -> Self {
+        Step {
+            phase,
+            buildpack,
+            user,
+            script,
+            args: &[],
+            env: &[],
+            dir: kiln_droplet::APP_DIR,
+            output: Output::Log,
+        }
+    }
+
+    /// Its positional parameters (`$1`...).
+    pub fn args(mut self, args: &'a [&'a str]) -> Self {
+        self.args = args;
+        self
+    }
+
+    /// Variables added to the buildpack env (not given to root steps).
+    pub fn env(mut self, env: &'a [String]) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Its working directory.
+    pub fn dir(mut self, dir: &'a str) -> Self {
+        self.dir = dir;
+        self
+    }
+
+    /// What happens to its output.
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+}
+
 /// What a finished step gives back.
 #[derive(Debug)]
 pub(crate) struct StepOutput {
@@ -48,6 +101,38 @@ pub(crate) struct Session<'a> {
     memory_mib: u64,
     /// `KEY=VALUE` given to every buildpack step.
     pub env: Vec<String>,
+}
+
+impl StepOutput {
+    /// Itself when the step exited 0, else the buildpack's failure in `phase`.
+    pub fn succeeded(self, phase: Phase, buildpack: &str) -> Result<StepOutput, StagingError> {
+        if self.status == 0 {
+            return Ok(self);
+        }
+        Err(StagingError::BuildpackFailed {
+            phase,
+            buildpack: buildpack.to_string(),
+            status: self.status,
+            tail: Tail(self.tail),
+        })
+    }
+
+    /// Itself when the step exited 0, else a contract violation: `what` failed, and why.
+    pub fn or_violation(
+        self,
+        phase: Phase,
+        buildpack: &str,
+        what: &str,
+    ) -> Result<StepOutput, StagingError> {
+        if self.status == 0 {
+            return Ok(self);
+        }
+        Err(StagingError::ContractViolated {
+            phase,
+            buildpack: buildpack.to_string(),
+            reason: format!("{what}: {}", self.tail.join(" / ")),
+        })
+    }
 }
 
 impl<'a> Session<'a> {
@@ -85,56 +170,21 @@ impl<'a> Session<'a> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Runs `sh -c script kiln args...` as `user` in the app directory.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn sh(
-        &self,
-        phase: Phase,
-        buildpack: &str,
-        user: &str,
-        script: &str,
-        args: &[&str],
-        extra_env: &[String],
-        output: Output,
-    ) -> Result<StepOutput, StagingError> {
-        self.sh_in(
-            kiln_droplet::APP_DIR,
-            phase,
-            buildpack,
-            user,
-            script,
-            args,
-            extra_env,
-            output,
-        )
-        .await
-    }
-
-    /// Runs `sh -c script kiln args...` as `user` in `dir`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn sh_in(
-        &self,
-        dir: &str,
-        phase: Phase,
-        buildpack: &str,
-        user: &str,
-        script: &str,
-        args: &[&str],
-        extra_env: &[String],
-        output: Output,
-    ) -> Result<StepOutput, StagingError> {
-        let mut all = vec!["-c", script, "kiln"];
-        all.extend_from_slice(args);
-        let mut spec = ProcessSpec::new("/bin/sh", &all).user(user);
+    /// Runs `step`: `sh -c script kiln args...` as its user in its directory.
+    pub async fn sh(&self, step: Step<'_>) -> Result<StepOutput, StagingError> {
+        let mut all = vec!["-c", step.script, "kiln"];
+        all.extend_from_slice(step.args);
+        let mut spec = ProcessSpec::new("/bin/sh", &all).user(step.user);
         // The stager's root steps never see the app's env (a PATH of the app's could otherwise
         // run app code as root).
-        spec.env = if user == "root" {
+        spec.env = if step.user == "root" {
             vec![ROOT_PATH.to_string()]
         } else {
-            self.env.iter().chain(extra_env).cloned().collect()
+            self.env.iter().chain(step.env).cloned().collect()
         };
-        spec.dir = Some(dir.to_string());
-        self.run(phase, buildpack, spec, output).await
+        spec.dir = Some(step.dir.to_string());
+        self.run(step.phase, step.buildpack, spec, step.output)
+            .await
     }
 
     /// Runs `spec`, streaming its output, and fails on a timeout or the OOM killer. Output

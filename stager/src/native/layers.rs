@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::buildpack::Buildpack;
 use crate::error::{Phase, StagingError};
-use crate::session::{file_tar, Output, Session};
+use crate::session::{file_tar, Output, Session, Step};
 
 /// The layers dir's metadata files, env files, layer directories, and which have `bin/`/`lib/`.
 #[derive(Default)]
@@ -120,15 +120,9 @@ pub(crate) async fn export(
         reason,
     };
     let listing = session
-        .sh(
-            Phase::Release,
-            &bp.name,
-            "vcap",
-            LIST_LAYERS,
-            &[layers],
-            &[],
-            Output::Quiet,
-        )
+        .sh(Step::new(Phase::Release, &bp.name, "vcap", LIST_LAYERS)
+            .args(&[layers])
+            .output(Output::Quiet))
         .await?;
     let found = parse_listing(&listing.stdout);
     let mut exported = Exported::default();
@@ -202,23 +196,9 @@ async fn save_cache(
         ));
     }
     let out = session
-        .sh(
-            Phase::Release,
-            &bp.name,
-            "vcap",
-            &script,
-            &[],
-            &[],
-            Output::Log,
-        )
+        .sh(Step::new(Phase::Release, &bp.name, "vcap", &script))
         .await?;
-    if out.status != 0 {
-        return Err(StagingError::ContractViolated {
-            phase: Phase::Release,
-            buildpack: bp.name.clone(),
-            reason: format!("cache layers could not be saved: {}", out.tail.join(" / ")),
-        });
-    }
+    out.or_violation(Phase::Release, &bp.name, "cache layers could not be saved")?;
     if cached.is_empty() {
         return Ok(());
     }

@@ -15,7 +15,7 @@ use crate::buildpack::{Buildpack, Contract};
 use crate::error::{Phase, StagingError, Tail};
 use crate::lifecycle::{buildpack_dir, Built, Candidates, CACHE_DIR, KILN_DIR, PLATFORM_DIR};
 use crate::request::DetectOutcome;
-use crate::session::{file_tar, Output, Session};
+use crate::session::{file_tar, Output, Session, Step};
 use plan::{buildpack_plans, DetectPlan};
 
 /// How `bin/build` runs: with the build layers of earlier buildpacks of the group.
@@ -64,15 +64,14 @@ pub(crate) async fn run(
         let script = format!("{}/bin/detect", buildpack_dir(k));
         let env = env_for(k, &[("CNB_BUILD_PLAN_PATH", plan.clone())]);
         let out = session
-            .sh(
+            .sh(Step::new(
                 Phase::Detect,
                 &bp.name,
                 "vcap",
                 ": > \"$1\" && shift && exec \"$@\"",
-                &[&plan, &script, PLATFORM_DIR, &plan],
-                &env,
-                Output::Log,
             )
+            .args(&[&plan, &script, PLATFORM_DIR, &plan])
+            .env(&env))
             .await?;
         let detected = out.status == 0;
         session.say(format!(
@@ -104,15 +103,9 @@ pub(crate) async fn run(
             });
         }
         let text = session
-            .sh(
-                Phase::Detect,
-                &bp.name,
-                "vcap",
-                "cat \"$1\"",
-                &[&plan],
-                &[],
-                Output::Quiet,
-            )
+            .sh(Step::new(Phase::Detect, &bp.name, "vcap", "cat \"$1\"")
+                .args(&[&plan])
+                .output(Output::Quiet))
             .await?
             .stdout;
         plans.push(
@@ -156,15 +149,13 @@ pub(crate) async fn run(
             )
             .await?;
         session
-            .sh(
+            .sh(Step::new(
                 Phase::Build,
                 &bp.name,
                 "vcap",
                 "if [ -d \"$1\" ]; then cp -a \"$1\"/. \"$2\"/; fi",
-                &[&cache, &layers],
-                &[],
-                Output::Log,
             )
+            .args(&[&cache, &layers]))
             .await?;
         if !build_env.is_empty() {
             session
@@ -195,24 +186,11 @@ pub(crate) async fn run(
         );
         let script = format!("{}/bin/build", buildpack_dir(idx));
         let out = session
-            .sh(
-                Phase::Build,
-                &bp.name,
-                "vcap",
-                BUILD,
-                &[&script, &layers, PLATFORM_DIR, &bp_plan],
-                &env,
-                Output::Log,
-            )
+            .sh(Step::new(Phase::Build, &bp.name, "vcap", BUILD)
+                .args(&[&script, &layers, PLATFORM_DIR, &bp_plan])
+                .env(&env))
             .await?;
-        if out.status != 0 {
-            return Err(StagingError::BuildpackFailed {
-                phase: Phase::Build,
-                buildpack: bp.name.clone(),
-                status: out.status,
-                tail: Tail(out.tail),
-            });
-        }
+        out.succeeded(Phase::Build, &bp.name)?;
         let exported = layers::export(session, bp, idx, &layers, &cache).await?;
         process_types.extend(exported.process_types);
         build_env.push_str(&exported.build_env);
@@ -221,26 +199,18 @@ pub(crate) async fn run(
     if !drop.is_empty() {
         let quoted: Vec<String> = drop.iter().map(|p| layers::sh_quote(p)).collect();
         let out = session
-            .sh(
+            .sh(Step::new(
                 Phase::Release,
                 "(layers)",
                 "vcap",
                 &format!("rm -rf {}", quoted.join(" ")),
-                &[],
-                &[],
-                Output::Log,
-            )
+            ))
             .await?;
-        if out.status != 0 {
-            return Err(StagingError::ContractViolated {
-                phase: Phase::Release,
-                buildpack: "(layers)".into(),
-                reason: format!(
-                    "build-only layers could not be removed: {}",
-                    out.tail.join(" / ")
-                ),
-            });
-        }
+        out.or_violation(
+            Phase::Release,
+            "(layers)",
+            "build-only layers could not be removed",
+        )?;
     }
     phases.push(("buildpacks".to_string(), t.elapsed()));
     Ok(Built {
