@@ -96,30 +96,35 @@ impl Fixture {
         (result, lines)
     }
 
-    /// Unpacks `droplet` into a fresh container on `stack` and runs `command` through the
-    /// launcher; returns (exit code, stdout, stderr). The container is destroyed afterwards.
-    pub async fn run_droplet(
+    /// A container `<prefix>-<droplet name>` on `stack` with `droplet` in `/home/vcap`, and
+    /// with `forward`, a host port forwarded to 8080: (handle, host port or 0).
+    async fn droplet_container(
         &self,
+        prefix: &str,
         stack: &str,
         droplet: &Path,
-        command: &str,
-    ) -> (i32, String, String) {
-        let handle = format!(
-            "run-{}",
-            droplet
-                .file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .replace('.', "-")
-        );
-        self.backend
+        forward: bool,
+    ) -> (String, u16) {
+        let name = droplet
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace('.', "-");
+        let handle = format!("{prefix}-{name}");
+        let net_in = forward.then_some(kiln_containers::NetIn {
+            host_port: None,
+            container_port: 8080,
+        });
+        let info = self
+            .backend
             .create(ContainerSpec {
                 handle: handle.clone(),
                 stack: stack.to_string(),
+                net_in: net_in.into_iter().collect(),
                 ..ContainerSpec::default()
             })
             .await
-            .expect("create the run container");
+            .expect("create the droplet's container");
         let tgz = fs::File::open(droplet).expect("open droplet");
         self.backend
             .stream_in_with(
@@ -130,6 +135,18 @@ impl Fixture {
             )
             .await
             .expect("droplet in");
+        (handle, info.mapped_ports.first().map_or(0, |m| m.host_port))
+    }
+
+    /// Unpacks `droplet` into a fresh container on `stack` and runs `command` through the
+    /// launcher; returns (exit code, stdout, stderr). The container is destroyed afterwards.
+    pub async fn run_droplet(
+        &self,
+        stack: &str,
+        droplet: &Path,
+        command: &str,
+    ) -> (i32, String, String) {
+        let (handle, _) = self.droplet_container("run", stack, droplet, false).await;
         let args = kiln_droplet::launcher_args(command);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
@@ -251,38 +268,7 @@ impl Fixture {
         droplet: &Path,
         command: &str,
     ) -> (String, String, String) {
-        let handle = format!(
-            "serve-{}",
-            droplet
-                .file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .replace('.', "-")
-        );
-        let info = self
-            .backend
-            .create(ContainerSpec {
-                handle: handle.clone(),
-                stack: stack.to_string(),
-                net_in: vec![kiln_containers::NetIn {
-                    host_port: None,
-                    container_port: 8080,
-                }],
-                ..ContainerSpec::default()
-            })
-            .await
-            .expect("create the app container");
-        let port = info.mapped_ports[0].host_port;
-        let tgz = fs::File::open(droplet).expect("open droplet");
-        self.backend
-            .stream_in_with(
-                &handle,
-                "/home/vcap",
-                droplet_options(),
-                flate2::read::GzDecoder::new(tgz),
-            )
-            .await
-            .expect("droplet in");
+        let (handle, port) = self.droplet_container("serve", stack, droplet, true).await;
         let args = kiln_droplet::launcher_args(command);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
