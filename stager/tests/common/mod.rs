@@ -58,15 +58,18 @@ impl Fixture {
             ..Config::default()
         };
         let backend = Backend::new(config.clone()).await.expect("backend starts");
-        backend
-            .import_stack(tiny_layout(), "tiny")
-            .await
-            .expect("import tiny");
-        Fixture {
+        // Made before anything else can panic, so that its drop cleans up.
+        let fixture = Fixture {
             backend: std::mem::ManuallyDrop::new(backend),
             config,
             dir,
-        }
+        };
+        fixture
+            .backend
+            .import_stack(tiny_layout(), "tiny")
+            .await
+            .expect("import tiny");
+        fixture
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
