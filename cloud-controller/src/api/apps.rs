@@ -1,0 +1,504 @@
+//! Apps: create, list (filters `names`, `space_guids`), get, update, delete, environment
+//! variables, start/stop/restart, and the current droplet.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{filter_values, link, list_body, ApiJson, PageQuery};
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{new_guid, now, AppState};
+
+/// An app as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppRow {
+    pub guid: String,
+    pub name: String,
+    pub space_guid: String,
+    pub state: String,
+    pub stack: String,
+    pub buildpacks: String,
+    pub env: String,
+    pub droplet_guid: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const APP_COLUMNS: &str =
+    "guid, name, space_guid, state, stack, buildpacks, env, droplet_guid, created_at, updated_at";
+
+impl AppRow {
+    /// The buildpacks the app stages with (names), in order.
+    pub fn buildpack_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.buildpacks).unwrap_or_default()
+    }
+
+    /// The app's environment variables.
+    pub fn env_map(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.env).unwrap_or_default()
+    }
+}
+
+/// The app `guid`, or 404.
+pub async fn find(s: &AppState, guid: &str) -> ApiResult<AppRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {APP_COLUMNS} FROM apps WHERE guid = ?"
+    )))
+    .bind(guid)
+    .fetch_optional(&s.db)
+    .await?
+    .ok_or(ApiError::NotFound("App"))
+}
+
+fn app_json(s: &AppState, a: &AppRow) -> Value {
+    let g = &a.guid;
+    json!({
+        "guid": g, "name": a.name, "state": a.state, "created_at": a.created_at, "updated_at": a.updated_at,
+        "lifecycle": {"type": "buildpack", "data": {"buildpacks": a.buildpack_list(), "stack": a.stack}},
+        "relationships": {"space": {"data": {"guid": a.space_guid}}},
+        "metadata": {"labels": {}, "annotations": {}},
+        "links": {
+            "self": link(s, &format!("/v3/apps/{g}")),
+            "space": link(s, &format!("/v3/spaces/{}", a.space_guid)),
+            "packages": link(s, &format!("/v3/apps/{g}/packages")),
+            "droplets": link(s, &format!("/v3/apps/{g}/droplets")),
+            "current_droplet": link(s, &format!("/v3/apps/{g}/droplets/current")),
+            "environment_variables": link(s, &format!("/v3/apps/{g}/environment_variables")),
+            "start": {"href": format!("{}/v3/apps/{g}/actions/start", s.base_url), "method": "POST"},
+            "stop": {"href": format!("{}/v3/apps/{g}/actions/stop", s.base_url), "method": "POST"},
+        },
+    })
+}
+
+#[derive(Deserialize)]
+pub struct Lifecycle {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    data: LifecycleData,
+}
+
+#[derive(Deserialize, Default)]
+pub struct LifecycleData {
+    buildpacks: Option<Vec<String>>,
+    stack: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Relationship {
+    data: RelData,
+}
+
+#[derive(Deserialize)]
+pub struct RelData {
+    guid: String,
+}
+
+#[derive(Deserialize)]
+pub struct Relationships {
+    space: Relationship,
+}
+
+#[derive(Deserialize)]
+pub struct CreateApp {
+    name: String,
+    relationships: Relationships,
+    lifecycle: Option<Lifecycle>,
+    #[serde(default)]
+    environment_variables: BTreeMap<String, String>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(ApiError::Unprocessable(
+            "Name must be 1 to 255 characters without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_lifecycle(l: &Option<Lifecycle>) -> ApiResult<()> {
+    match l.as_ref().and_then(|l| l.kind.as_deref()) {
+        None | Some("buildpack") => Ok(()),
+        Some(other) => Err(ApiError::Unprocessable(format!(
+            "Lifecycle type must be buildpack (got `{other}`)"
+        ))),
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> ApiResult<()> {
+    for key in env.keys() {
+        if key.is_empty()
+            || key.starts_with("VCAP_")
+            || key.starts_with("CF_INSTANCE_")
+            || key == "PORT"
+            || key.contains('=')
+            || key.contains('\0')
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "Environment variables: `{key}` cannot be set (empty, reserved, or containing `=`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+pub async fn create(
+    user: User,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateApp>,
+) -> ApiResult<impl IntoResponse> {
+    check_name(&body.name)?;
+    check_lifecycle(&body.lifecycle)?;
+    check_env(&body.environment_variables)?;
+    let space = body.relationships.space.data.guid;
+    let exists: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = ?")
+        .bind(&space)
+        .fetch_optional(&s.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::Unprocessable(
+            "Invalid space. Ensure that the space exists and you have access to it.".into(),
+        ));
+    }
+    let data = body.lifecycle.map(|l| l.data).unwrap_or_default();
+    let (guid, t) = (new_guid(), now());
+    let stack = data.stack.unwrap_or_else(|| s.config.default_stack.clone());
+    let inserted = sqlx::query(
+        "INSERT INTO apps (guid, name, space_guid, state, stack, buildpacks, env, droplet_guid, created_at, updated_at) VALUES (?, ?, ?, 'STOPPED', ?, ?, ?, NULL, ?, ?)",
+    )
+    .bind(&guid)
+    .bind(&body.name)
+    .bind(&space)
+    .bind(&stack)
+    .bind(serde_json::to_string(&data.buildpacks.unwrap_or_default()).unwrap_or_default())
+    .bind(serde_json::to_string(&body.environment_variables).unwrap_or_default())
+    .bind(&t)
+    .bind(&t)
+    .execute(&s.db)
+    .await;
+    match inserted {
+        Err(e) if unique_violation(&e) => {
+            return Err(ApiError::Unprocessable(format!(
+                "App with the name '{}' already exists.",
+                body.name
+            )))
+        }
+        other => other?,
+    };
+    tracing::info!(app = %guid, user = %user.name, "app created");
+    let app = find(&s, &guid).await?;
+    Ok((StatusCode::CREATED, Json(app_json(&s, &app))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    names: Option<String>,
+    space_guids: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+pub async fn list(
+    _: User,
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let paging = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    };
+    let (limit, offset) = paging.limits()?;
+    let names = filter_values(&q.names);
+    let spaces = filter_values(&q.space_guids);
+    let mut filter = String::from(" WHERE 1 = 1");
+    let mut query_string = Vec::new();
+    if !names.is_empty() {
+        filter.push_str(&format!(
+            " AND name IN ({})",
+            vec!["?"; names.len()].join(", ")
+        ));
+        query_string.push(format!("names={}", names.join(",")));
+    }
+    if !spaces.is_empty() {
+        filter.push_str(&format!(
+            " AND space_guid IN ({})",
+            vec!["?"; spaces.len()].join(", ")
+        ));
+        query_string.push(format!("space_guids={}", spaces.join(",")));
+    }
+    let count_sql = format!("SELECT COUNT(*) FROM apps{filter}");
+    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql.clone()));
+    for v in names.iter().chain(&spaces) {
+        count = count.bind(v);
+    }
+    let total = count.fetch_one(&s.db).await?.0;
+    let rows_sql = format!(
+        "SELECT {APP_COLUMNS} FROM apps{filter} ORDER BY created_at, guid LIMIT ? OFFSET ?"
+    );
+    let mut rows = sqlx::query_as::<_, AppRow>(sqlx::AssertSqlSafe(rows_sql.clone()));
+    for v in names.iter().chain(&spaces) {
+        rows = rows.bind(v);
+    }
+    let apps = rows.bind(limit).bind(offset).fetch_all(&s.db).await?;
+    let resources = apps.iter().map(|a| app_json(&s, a)).collect();
+    Ok(Json(list_body(
+        &s,
+        "/v3/apps",
+        &query_string.join("&"),
+        &paging,
+        total,
+        resources,
+    )))
+}
+
+pub async fn get(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(app_json(&s, &find(&s, &guid).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateApp {
+    name: Option<String>,
+    lifecycle: Option<Lifecycle>,
+}
+
+pub async fn update(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<UpdateApp>,
+) -> ApiResult<Json<Value>> {
+    let app = find(&s, &guid).await?;
+    check_lifecycle(&body.lifecycle)?;
+    let name = body.name.unwrap_or(app.name.clone());
+    check_name(&name)?;
+    let data = body.lifecycle.map(|l| l.data).unwrap_or_default();
+    let stack = data.stack.unwrap_or(app.stack.clone());
+    let buildpacks = data.buildpacks.map_or(app.buildpacks.clone(), |b| {
+        serde_json::to_string(&b).unwrap_or_default()
+    });
+    let updated = sqlx::query(
+        "UPDATE apps SET name = ?, stack = ?, buildpacks = ?, updated_at = ? WHERE guid = ?",
+    )
+    .bind(&name)
+    .bind(&stack)
+    .bind(&buildpacks)
+    .bind(now())
+    .bind(&guid)
+    .execute(&s.db)
+    .await;
+    match updated {
+        Err(e) if unique_violation(&e) => {
+            return Err(ApiError::Unprocessable(format!(
+                "App with the name '{name}' already exists."
+            )))
+        }
+        other => other?,
+    };
+    Ok(Json(app_json(&s, &find(&s, &guid).await?)))
+}
+
+/// `DELETE /v3/apps/:guid`: 202 with a job (already complete: the app, its packages, builds,
+/// droplets and cache records are gone when it answers).
+pub async fn delete(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    find(&s, &guid).await?;
+    sqlx::query("DELETE FROM apps WHERE guid = ?")
+        .bind(&guid)
+        .execute(&s.db)
+        .await?;
+    let job = new_guid();
+    let location = format!("{}/v3/jobs/{job}", s.base_url);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)]))
+}
+
+fn env_json(s: &AppState, app: &AppRow) -> Value {
+    json!({
+        "var": app.env_map(),
+        "links": {"self": link(s, &format!("/v3/apps/{}/environment_variables", app.guid)), "app": link(s, &format!("/v3/apps/{}", app.guid))},
+    })
+}
+
+pub async fn env_vars(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(env_json(&s, &find(&s, &guid).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct EnvPatch {
+    var: BTreeMap<String, Option<String>>,
+}
+
+/// Sets the given variables; a `null` value removes one.
+pub async fn update_env_vars(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<EnvPatch>,
+) -> ApiResult<Json<Value>> {
+    let app = find(&s, &guid).await?;
+    let mut env = app.env_map();
+    for (k, v) in body.var {
+        match v {
+            Some(v) => {
+                env.insert(k, v);
+            }
+            None => {
+                env.remove(&k);
+            }
+        }
+    }
+    check_env(&env)?;
+    sqlx::query("UPDATE apps SET env = ?, updated_at = ? WHERE guid = ?")
+        .bind(serde_json::to_string(&env).unwrap_or_default())
+        .bind(now())
+        .bind(&guid)
+        .execute(&s.db)
+        .await?;
+    Ok(Json(env_json(&s, &find(&s, &guid).await?)))
+}
+
+/// `GET /v3/apps/:guid/env`: what the app's processes see.
+pub async fn env(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = find(&s, &guid).await?;
+    let uri = format!("{}.{}", app.name.to_lowercase(), s.config.default_domain);
+    Ok(Json(json!({
+        "staging_env_json": {},
+        "running_env_json": {},
+        "environment_variables": app.env_map(),
+        "system_env_json": {"VCAP_SERVICES": {}},
+        "application_env_json": {"VCAP_APPLICATION": {
+            "application_id": app.guid, "application_name": app.name, "name": app.name,
+            "space_id": app.space_guid, "uris": [uri], "application_uris": [uri],
+            "limits": {"mem": 1024, "disk": 1024, "fds": 16384},
+        }},
+    })))
+}
+
+async fn set_state(s: &AppState, guid: &str, state: &str) -> ApiResult<Json<Value>> {
+    let app = find(s, guid).await?;
+    if state == "STARTED" && app.droplet_guid.is_none() {
+        return Err(ApiError::Unprocessable(
+            "Assign a droplet before starting this app.".into(),
+        ));
+    }
+    sqlx::query("UPDATE apps SET state = ?, updated_at = ? WHERE guid = ?")
+        .bind(state)
+        .bind(now())
+        .bind(guid)
+        .execute(&s.db)
+        .await?;
+    Ok(Json(app_json(s, &find(s, guid).await?)))
+}
+
+pub async fn start(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&s, &guid, "STARTED").await
+}
+
+pub async fn stop(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&s, &guid, "STOPPED").await
+}
+
+pub async fn restart(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let _stopped = set_state(&s, &guid, "STOPPED").await?;
+    set_state(&s, &guid, "STARTED").await
+}
+
+fn droplet_relationship(s: &AppState, app: &AppRow) -> Value {
+    json!({
+        "data": app.droplet_guid.as_ref().map(|g| json!({"guid": g})),
+        "links": {
+            "self": link(s, &format!("/v3/apps/{}/relationships/current_droplet", app.guid)),
+            "related": link(s, &format!("/v3/apps/{}/droplets/current", app.guid)),
+        },
+    })
+}
+
+pub async fn current_droplet_relationship(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(droplet_relationship(&s, &find(&s, &guid).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct SetDroplet {
+    data: RelData,
+}
+
+pub async fn set_current_droplet(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<SetDroplet>,
+) -> ApiResult<Json<Value>> {
+    find(&s, &guid).await?;
+    let droplet: Option<(String, String)> =
+        sqlx::query_as("SELECT app_guid, state FROM droplets WHERE guid = ?")
+            .bind(&body.data.guid)
+            .fetch_optional(&s.db)
+            .await?;
+    match droplet {
+        Some((app, state)) if app == guid && state == "STAGED" => {}
+        Some((app, _)) if app == guid => {
+            return Err(ApiError::Unprocessable(
+                "Unable to assign current droplet: the droplet is not STAGED".into(),
+            ))
+        }
+        _ => return Err(ApiError::Unprocessable(
+            "Unable to assign current droplet. Ensure the droplet exists and belongs to this app."
+                .into(),
+        )),
+    }
+    sqlx::query("UPDATE apps SET droplet_guid = ?, updated_at = ? WHERE guid = ?")
+        .bind(&body.data.guid)
+        .bind(now())
+        .bind(&guid)
+        .execute(&s.db)
+        .await?;
+    Ok(Json(droplet_relationship(&s, &find(&s, &guid).await?)))
+}
+
+impl Relationship {
+    /// The related resource's guid.
+    pub fn data_guid(&self) -> &str {
+        &self.data.guid
+    }
+}

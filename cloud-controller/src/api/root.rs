@@ -1,0 +1,122 @@
+//! `GET /` and `/v3` (the links), the token endpoint, and jobs.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Form, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{password_matches, Claims, User, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub async fn root(State(s): State<AppState>) -> Json<Value> {
+    let base = &s.base_url;
+    Json(json!({"links": {
+        "self": {"href": base.to_string()},
+        "cloud_controller_v3": {"href": format!("{base}/v3"), "meta": {"version": env!("CARGO_PKG_VERSION")}},
+        "login": {"href": base.to_string()},
+        "uaa": {"href": base.to_string()},
+        "logging": null,
+        "log_stream": null,
+        "app_ssh": null,
+        "network_policy_v1": null,
+    }}))
+}
+
+pub async fn v3(State(s): State<AppState>) -> Json<Value> {
+    let base = &s.base_url;
+    let l = |p: &str| json!({"href": format!("{base}/v3/{p}")});
+    Json(json!({"links": {
+        "self": {"href": format!("{base}/v3")},
+        "apps": l("apps"), "builds": l("builds"), "droplets": l("droplets"),
+        "organizations": l("organizations"), "packages": l("packages"), "spaces": l("spaces"),
+    }}))
+}
+
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    grant_type: String,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+}
+
+/// `POST /oauth/token`: `password` and `refresh_token` grants, for client `cf` (empty secret).
+pub async fn token(
+    State(s): State<AppState>,
+    Form(req): Form<TokenRequest>,
+) -> ApiResult<Json<Value>> {
+    if req.client_id.as_deref().is_some_and(|c| c != "cf") {
+        return Err(ApiError::BadCredentials);
+    }
+    let (guid, name) = match req.grant_type.as_str() {
+        "password" => {
+            let (Some(user), Some(password)) = (req.username, req.password) else {
+                return Err(ApiError::Unprocessable(
+                    "username and password are required".into(),
+                ));
+            };
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT guid, password_hash FROM users WHERE username = ?")
+                    .bind(&user)
+                    .fetch_optional(&s.db)
+                    .await?;
+            let hash_ok = row
+                .as_ref()
+                .is_some_and(|(_, hash)| password_matches(&password, hash));
+            match row {
+                Some((guid, _)) if hash_ok => (guid, user),
+                _ => return Err(ApiError::BadCredentials),
+            }
+        }
+        "refresh_token" => {
+            let token = req
+                .refresh_token
+                .ok_or_else(|| ApiError::Unprocessable("refresh_token is required".into()))?;
+            let claims = s.tokens.verify(&token, "refresh")?;
+            (claims.sub, claims.user_name)
+        }
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "unsupported grant_type `{other}`"
+            )))
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let sign = |kind: &str, ttl: i64| {
+        s.tokens.sign(&Claims {
+            sub: guid.clone(),
+            user_name: name.clone(),
+            exp: now + ttl,
+            kind: kind.into(),
+        })
+    };
+    Ok(Json(json!({
+        "access_token": sign("access", ACCESS_TTL_SECS),
+        "token_type": "bearer",
+        "refresh_token": sign("refresh", REFRESH_TTL_SECS),
+        "expires_in": ACCESS_TTL_SECS,
+        "scope": "cloud_controller.read cloud_controller.write",
+        "jti": crate::state::new_guid(),
+    })))
+}
+
+/// `GET /v3/jobs/:guid`: deletes finish before they answer, so every job is complete.
+pub async fn job(_: User, State(s): State<AppState>, Path(guid): Path<String>) -> Json<Value> {
+    Json(json!({
+        "guid": guid, "operation": "app.delete", "state": "COMPLETE", "errors": [], "warnings": [],
+        "links": {"self": super::link(&s, &format!("/v3/jobs/{guid}"))},
+    }))
+}
+
+pub async fn not_implemented(_: User) -> impl IntoResponse {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(
+            json!({"errors": [{"code": 10000, "title": "CF-NotImplemented", "detail": "not implemented yet"}]}),
+        ),
+    )
+}

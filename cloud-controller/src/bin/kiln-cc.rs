@@ -1,0 +1,69 @@
+//! `kiln-cc`: runs the cloud controller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+/// The Kiln cloud controller.
+#[derive(Parser)]
+#[command(name = "kiln-cc", version)]
+struct Args {
+    /// Database, blobstore, keys, admin password.
+    #[arg(long, env = "KILN_CC_DATA_DIR", default_value = "/var/lib/kiln/cc")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "KILN_CC_LISTEN", default_value = "127.0.0.1:9022")]
+    listen: SocketAddr,
+    /// The NATS server.
+    #[arg(long, env = "KILN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Base URL stagers and cells use for the internal endpoints (default: the listen address).
+    #[arg(long, env = "KILN_CC_INTERNAL_URL")]
+    internal_url: Option<String>,
+    /// The shared domain of app routes.
+    #[arg(
+        long,
+        env = "KILN_CC_DEFAULT_DOMAIN",
+        default_value = "apps.kiln.local"
+    )]
+    default_domain: String,
+    /// The stack apps stage on unless they say otherwise.
+    #[arg(long, env = "KILN_CC_DEFAULT_STACK", default_value = "bookworm")]
+    default_stack: String,
+    /// The largest upload, in MiB.
+    #[arg(long, env = "KILN_CC_MAX_UPLOAD_MB", default_value_t = 1024)]
+    max_upload_mb: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = kiln_cloud_controller::Config::new(&args.data_dir);
+    config.listen = args.listen;
+    config.nats_url = args.nats;
+    config.internal_url = args.internal_url;
+    config.default_domain = args.default_domain;
+    config.default_stack = args.default_stack;
+    config.max_upload_bytes = args.max_upload_mb << 20;
+    let started = kiln_cloud_controller::start(config).await?;
+    if let Some(password) = &started.admin_password {
+        println!(
+            "admin password (shown once; also in {}): {password}",
+            args.data_dir.join("admin-password").display()
+        );
+    }
+    println!("cloud controller listening on http://{}", started.addr);
+    tokio::select! {
+        r = started.server => r??,
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    Ok(())
+}

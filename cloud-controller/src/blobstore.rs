@@ -1,0 +1,212 @@
+//! The blobstore: packages, droplets and build caches as files named by their sha256, written
+//! atomically (a temp file renamed into place once its digest is known), streamed in and out
+//! with bounded memory, and verified on read. Behind [`Blobstore`] so that an S3-compatible
+//! store can follow.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Why a blob could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// More than the limit was sent.
+    #[error("the upload is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// No blob with that digest.
+    #[error("no blob {0}")]
+    NotFound(String),
+    /// The content no longer matches its digest.
+    #[error("blob {0} is corrupt: its content does not match its sha256")]
+    Corrupt(String),
+    /// The sender's stream failed.
+    #[error("reading the upload: {0}")]
+    Source(String),
+    /// Disk I/O.
+    #[error("blobstore I/O on {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where blobs live.
+pub trait Blobstore: Send + Sync {
+    /// Stores the stream (at most `limit` bytes) and returns its digest and size.
+    fn put<S, E>(
+        &self,
+        stream: S,
+        limit: u64,
+    ) -> impl std::future::Future<Output = Result<Blob, BlobError>> + Send
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display + Send;
+    /// A local path to read blob `sha256` from, after checking its digest.
+    fn open_verified(
+        &self,
+        sha256: &str,
+    ) -> impl std::future::Future<Output = Result<PathBuf, BlobError>> + Send;
+}
+
+/// Blobs as files under a directory: `<root>/<aa>/<sha256>`.
+#[derive(Debug, Clone)]
+pub struct LocalBlobstore {
+    root: PathBuf,
+}
+
+impl LocalBlobstore {
+    /// A blobstore in `root` (created if missing).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        for dir in [root.clone(), root.join("tmp")] {
+            std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(LocalBlobstore { root })
+    }
+
+    fn path_of(&self, sha256: &str) -> PathBuf {
+        self.root.join(sha256.get(..2).unwrap_or("xx")).join(sha256)
+    }
+
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
+        move |source| BlobError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl Blobstore for LocalBlobstore {
+    async fn put<S, E>(&self, mut stream: S, limit: u64) -> Result<Blob, BlobError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display + Send,
+    {
+        let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(Self::io(&tmp))?;
+            let mut hash = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                hash.update(&chunk);
+                file.write_all(&chunk).await.map_err(Self::io(&tmp))?;
+            }
+            file.sync_all().await.map_err(Self::io(&tmp))?;
+            let sha256 = hex::encode(hash.finalize());
+            let dest = self.path_of(&sha256);
+            if let Some(dir) = dest.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(Self::io(dir))?;
+            }
+            tokio::fs::rename(&tmp, &dest)
+                .await
+                .map_err(Self::io(&dest))?;
+            Ok(Blob { sha256, size })
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn open_verified(&self, sha256: &str) -> Result<PathBuf, BlobError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BlobError::NotFound(sha256.to_string()));
+        }
+        let path = self.path_of(sha256);
+        let check = path.clone();
+        let actual = tokio::task::spawn_blocking(move || -> io::Result<String> {
+            let mut file = std::fs::File::open(&check)?;
+            let mut hash = Sha256::new();
+            io::copy(&mut file, &mut hash)?;
+            Ok(hex::encode(hash.finalize()))
+        })
+        .await
+        .map_err(|e| BlobError::Source(e.to_string()))?;
+        match actual {
+            Ok(actual) if actual == sha256 => Ok(path),
+            Ok(_) => Err(BlobError::Corrupt(sha256.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(BlobError::NotFound(sha256.to_string()))
+            }
+            Err(source) => Err(BlobError::Io { path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(bytes::Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn blobs_are_named_by_digest_limited_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobstore::open(dir.path()).unwrap();
+        let blob = store
+            .put(chunks(&[b"hello ", b"world"]), 100)
+            .await
+            .unwrap();
+        assert_eq!(blob.sha256, hex::encode(Sha256::digest(b"hello world")));
+        assert_eq!(blob.size, 11);
+        let path = store.open_verified(&blob.sha256).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        let err = store
+            .put(chunks(&[b"0123456789", b"x"]), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { limit: 10 }));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "no partial file left"
+        );
+        std::fs::write(&path, "tampered").unwrap();
+        assert!(matches!(
+            store.open_verified(&blob.sha256).await,
+            Err(BlobError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.open_verified("../etc/passwd").await,
+            Err(BlobError::NotFound(_))
+        ));
+    }
+}

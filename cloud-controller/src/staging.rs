@@ -1,0 +1,231 @@
+//! Staging over the bus: a build becomes a [`kiln_bus::StagingRequest`] for the stagers'
+//! queue group; accepted, result and advertisement messages move it to STAGED or FAILED. A
+//! watchdog fails, with the reason, builds nobody took within the accept timeout and builds
+//! whose stager went silent or forgot them, so no build stays STAGING forever (also across a
+//! controller restart).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kiln_bus::{StagerAdvertise, StagingAccepted, StagingOutcome, StagingResult};
+
+use crate::api::apps::AppRow;
+use crate::api::builds::BuildRow;
+use crate::error::ApiResult;
+use crate::state::{now, AppState};
+
+/// Publishes the staging request of `build`.
+pub async fn request(s: &AppState, build: &BuildRow, app: &AppRow) -> ApiResult<()> {
+    let internal = &s.internal_url;
+    let cache_url = format!(
+        "{internal}/internal/v1/apps/{}/cache/{}",
+        app.guid, build.stack
+    );
+    let request = kiln_bus::StagingRequest {
+        build_guid: build.guid.clone(),
+        app_guid: app.guid.clone(),
+        stack: build.stack.clone(),
+        buildpacks: serde_json::from_str(&build.buildpacks).unwrap_or_default(),
+        env: app.env_map(),
+        package_url: format!(
+            "{internal}/internal/v1/packages/{}/bits",
+            build.package_guid
+        ),
+        droplet_upload_url: format!("{internal}/internal/v1/builds/{}/droplet", build.guid),
+        cache_download_url: Some(cache_url.clone()),
+        cache_upload_url: cache_url,
+        memory_mb: s.config.staging_memory_mb,
+        disk_mb: s.config.staging_disk_mb,
+        timeout_secs: s.config.staging_timeout_secs,
+        start_command: None,
+        egress: Vec::new(),
+    };
+    let sent = s
+        .nats
+        .publish(kiln_bus::STAGING_REQUEST, kiln_bus::encode(&request).into())
+        .await;
+    if let Err(e) = sent {
+        fail(
+            s,
+            &build.guid,
+            &format!("the bus did not take the staging request: {e}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn fail(s: &AppState, build: &str, reason: &str) -> Result<(), sqlx::Error> {
+    tracing::warn!(build, reason, "build failed");
+    let t = now();
+    let mut tx = s.db.begin().await?;
+    sqlx::query("UPDATE builds SET state = 'FAILED', error = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+        .bind(reason)
+        .bind(&t)
+        .bind(build)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE droplets SET state = 'FAILED', error = ?, updated_at = ? WHERE build_guid = ? AND state = 'STAGING'")
+        .bind(reason)
+        .bind(&t)
+        .bind(build)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// What the controller knows of stagers: when each was last heard, and what it builds.
+#[derive(Default)]
+struct Stagers {
+    seen: HashMap<String, (Instant, Vec<String>)>,
+}
+
+/// Runs the bus side of staging until the connection closes.
+pub async fn run(s: AppState) -> anyhow::Result<()> {
+    let stagers = Arc::new(Mutex::new(Stagers::default()));
+    let started = Instant::now();
+    let mut accepted = s.nats.subscribe(kiln_bus::STAGING_ACCEPTED).await?;
+    let mut results = s.nats.subscribe(kiln_bus::STAGING_RESULT).await?;
+    let mut adverts = s.nats.subscribe(kiln_bus::STAGER_ADVERTISE).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            Some(m) = accepted.next() => {
+                match kiln_bus::decode::<StagingAccepted>(&m.subject, &m.payload) {
+                    Ok(a) => {
+                        if let Ok(mut st) = stagers.lock() {
+                            st.seen.entry(a.stager_id.clone()).or_insert((Instant::now(), Vec::new())).1.push(a.build_guid.clone());
+                        }
+                        let _ = sqlx::query("UPDATE builds SET stager_id = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+                            .bind(&a.stager_id).bind(now()).bind(&a.build_guid).execute(&s.db).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+                }
+            }
+            Some(m) = results.next() => {
+                match kiln_bus::decode::<StagingResult>(&m.subject, &m.payload) {
+                    Ok(r) => if let Err(e) = finish(&s, r).await { tracing::error!(error = %e, "recording a staging result") },
+                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+                }
+            }
+            Some(m) = adverts.next() => {
+                match kiln_bus::decode::<StagerAdvertise>(&m.subject, &m.payload) {
+                    Ok(a) => if let Ok(mut st) = stagers.lock() { st.seen.insert(a.id, (Instant::now(), a.building)); },
+                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = watchdog(&s, &stagers, started).await {
+                    tracing::error!(error = %e, "staging watchdog");
+                }
+            }
+            else => return Ok(()),
+        }
+    }
+}
+
+async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
+    match r.outcome {
+        StagingOutcome::Failed { reason, exit_code } => {
+            fail(
+                s,
+                &r.build_guid,
+                &format!("StagingError - {reason} (exit code {exit_code})"),
+            )
+            .await
+        }
+        StagingOutcome::Staged(d) => {
+            let uploaded: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT guid, sha256 FROM droplets WHERE build_guid = ?")
+                    .bind(&r.build_guid)
+                    .fetch_optional(&s.db)
+                    .await?;
+            let droplet = match uploaded {
+                Some((guid, Some(sha))) if sha == d.sha256 => guid,
+                Some((_, sha)) => {
+                    let reason = format!(
+                        "the stager reported droplet sha256 {} but uploaded {}",
+                        d.sha256,
+                        sha.unwrap_or_default()
+                    );
+                    return fail(s, &r.build_guid, &reason).await;
+                }
+                None => {
+                    return fail(
+                        s,
+                        &r.build_guid,
+                        "the stager reported success but uploaded no droplet",
+                    )
+                    .await
+                }
+            };
+            let t = now();
+            let mut tx = s.db.begin().await?;
+            sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = ?, buildpacks = ?, process_types = ?, start_command = ?, updated_at = ? WHERE guid = ?")
+                .bind(&d.detected_buildpack)
+                .bind(serde_json::to_string(&d.buildpacks).unwrap_or_default())
+                .bind(serde_json::to_string(&d.process_types).unwrap_or_default())
+                .bind(&d.start_command)
+                .bind(&t)
+                .bind(&droplet)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE builds SET state = 'STAGED', droplet_guid = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+                .bind(&droplet)
+                .bind(&t)
+                .bind(&r.build_guid)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(build = %r.build_guid, droplet, "staged");
+            Ok(())
+        }
+    }
+}
+
+fn age_secs(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map_or(i64::MAX, |t| chrono::Utc::now().timestamp() - t.timestamp())
+}
+
+async fn watchdog(
+    s: &AppState,
+    stagers: &Mutex<Stagers>,
+    started: Instant,
+) -> Result<(), sqlx::Error> {
+    let staging: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT guid, stack, stager_id, updated_at FROM builds WHERE state = 'STAGING'",
+    )
+    .fetch_all(&s.db)
+    .await?;
+    let ttl = Duration::from_secs(kiln_bus::STAGER_TTL_SECS);
+    for (build, stack, stager, updated) in staging {
+        let age = age_secs(&updated);
+        let reason = match stager {
+            None if age > i64::try_from(s.config.accept_timeout_secs).unwrap_or(i64::MAX) => Some(format!(
+                "no stager took the build within {} s: is a stager for stack {stack} running and connected to the bus?",
+                s.config.accept_timeout_secs
+            )),
+            None => None,
+            Some(id) => {
+                let known = stagers.lock().ok().and_then(|st| st.seen.get(&id).cloned());
+                match known {
+                    Some((seen, _)) if seen.elapsed() > ttl => Some(format!("stager {id} stopped answering while staging (silent for {} s)", seen.elapsed().as_secs())),
+                    None if started.elapsed() > ttl => Some(format!("stager {id} stopped answering while staging")),
+                    Some((seen, building))
+                        if !building.contains(&build) && age > 2 * kiln_bus::ADVERTISE_INTERVAL_SECS as i64 && seen.elapsed() < Duration::from_secs(kiln_bus::ADVERTISE_INTERVAL_SECS) =>
+                    {
+                        Some(format!("stager {id} is no longer staging this build (it restarted?)"))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            fail(s, &build, &reason).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The API over real HTTP against a real controller (SQLite, blobstore, NATS): auth, apps,
+//! packages, builds without a stager, and the V3 error bodies.
+
+mod common;
+
+use common::{error_title, send, zip_of, Controller};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token() {
+    let cc = Controller::start().await;
+    let (status, root) = send(cc.http.get(format!("{}/", cc.url))).await;
+    assert_eq!(status, 200);
+    assert!(root["links"]["cloud_controller_v3"]["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v3"));
+
+    let (status, body) = send(cc.http.get(format!("{}/v3/apps", cc.url))).await;
+    assert_eq!((status, error_title(&body)), (401, "CF-NotAuthenticated"));
+    let (status, body) = send(
+        cc.http
+            .get(format!("{}/v3/apps", cc.url))
+            .bearer_auth("not.a-token"),
+    )
+    .await;
+    assert_eq!((status, error_title(&body)), (401, "CF-InvalidAuthToken"));
+
+    let key = kiln_cloud_controller::auth::TokenKey::load_or_create(&cc.data_dir.join("token-key"))
+        .unwrap();
+    let expired = key.sign(&kiln_cloud_controller::auth::Claims {
+        sub: "x".into(),
+        user_name: "admin".into(),
+        exp: 1,
+        kind: "access".into(),
+    });
+    let (status, body) = send(
+        cc.http
+            .get(format!("{}/v3/apps", cc.url))
+            .bearer_auth(expired),
+    )
+    .await;
+    assert_eq!((status, error_title(&body)), (401, "CF-InvalidAuthToken"));
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+
+    let (status, body) = send(cc.http.post(format!("{}/oauth/token", cc.url)).form(&[
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", "wrong"),
+    ]))
+    .await;
+    assert_eq!((status, error_title(&body)), (401, "CF-BadCredentials"));
+
+    let password = std::fs::read_to_string(cc.data_dir.join("admin-password")).unwrap();
+    let tokens = common::login(&cc.http, &cc.url, "admin", password.trim()).await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (status, refreshed) = send(
+        cc.http
+            .post(format!("{}/oauth/token", cc.url))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let (status, _) = send(
+        cc.http
+            .get(format!("{}/v3/apps", cc.url))
+            .bearer_auth(refreshed["access_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mode = std::os::unix::fs::MetadataExt::mode(
+        &std::fs::metadata(cc.data_dir.join("admin-password")).unwrap(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn apps_are_created_listed_filtered_paged_updated_and_deleted() {
+    let cc = Controller::start().await;
+    let space = cc.space().await;
+    let (status, body) = cc.post("/v3/apps", json!({"name": "alpha", "relationships": {"space": {"data": {"guid": space}}}, "environment_variables": {"A": "1"}})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "STOPPED");
+    assert_eq!(body["lifecycle"]["data"]["stack"], "tiny");
+    let alpha = body["guid"].as_str().unwrap().to_string();
+    cc.app("beta").await;
+
+    let (status, body) = cc
+        .post(
+            "/v3/apps",
+            json!({"name": "alpha", "relationships": {"space": {"data": {"guid": space}}}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("alpha"),
+        "{body}"
+    );
+    let (status, body) = cc
+        .post(
+            "/v3/apps",
+            json!({"name": "x", "relationships": {"space": {"data": {"guid": "nope"}}}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+    let (status, body) = cc
+        .post("/v3/apps", json!({"name": 5, "relationships": {}}))
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity"),
+        "{body}"
+    );
+    let (status, body) = send(
+        cc.req(Method::POST, "/v3/apps")
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (400, "CF-MessageParseError"),
+        "malformed JSON is never a 500"
+    );
+
+    let (_, list) = cc.get("/v3/apps?names=alpha").await;
+    assert_eq!(list["pagination"]["total_results"], 1);
+    assert_eq!(list["resources"][0]["guid"], alpha);
+    let (_, page) = cc.get("/v3/apps?per_page=1").await;
+    assert_eq!(page["pagination"]["total_results"], 2);
+    assert_eq!(page["pagination"]["total_pages"], 2);
+    assert!(
+        page["pagination"]["next"]["href"]
+            .as_str()
+            .unwrap()
+            .contains("page=2&per_page=1"),
+        "{page}"
+    );
+    let (status, body) = cc.get("/v3/apps?per_page=0").await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+    let (_, by_space) = cc.get(&format!("/v3/apps?space_guids={space}")).await;
+    assert_eq!(by_space["pagination"]["total_results"], 2);
+
+    let (status, body) = cc
+        .call(
+            Method::PATCH,
+            &format!("/v3/apps/{alpha}"),
+            Some(json!({"name": "gamma"})),
+        )
+        .await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("gamma")));
+    let (status, env) = cc
+        .call(
+            Method::PATCH,
+            &format!("/v3/apps/{alpha}/environment_variables"),
+            Some(json!({"var": {"B": "2", "A": null}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(env["var"], json!({"B": "2"}));
+    let (status, body) = cc
+        .call(
+            Method::PATCH,
+            &format!("/v3/apps/{alpha}/environment_variables"),
+            Some(json!({"var": {"VCAP_SERVICES": "x"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+    let (status, body) = cc
+        .post(&format!("/v3/apps/{alpha}/actions/start"), json!({}))
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity"),
+        "no droplet yet"
+    );
+
+    let resp = cc
+        .req(Method::DELETE, &format!("/v3/apps/{alpha}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let job = resp.headers()["location"].to_str().unwrap().to_string();
+    let (status, job) = send(cc.http.get(job).bearer_auth(&cc.token)).await;
+    assert_eq!((status, job["state"].as_str()), (200, Some("COMPLETE")));
+    let (status, body) = cc.get(&format!("/v3/apps/{alpha}")).await;
+    assert_eq!((status, error_title(&body)), (404, "CF-ResourceNotFound"));
+}
+
+#[tokio::test]
+async fn packages_upload_check_and_download_their_bits() {
+    let cc = Controller::start_with(|c| c.max_upload_bytes = 1 << 20).await;
+    let app = cc.app("bits").await;
+    let zip = zip_of(&[("index.html", "<h1>hi</h1>")]);
+    let (status, package) = cc.upload(&app, zip.clone()).await;
+    assert_eq!(status, 200, "{package}");
+    assert_eq!(package["state"], "READY");
+    let sha = package["data"]["checksum"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use sha2::Digest;
+    assert_eq!(sha, hex::encode(sha2::Sha256::digest(&zip)));
+    let guid = package["guid"].as_str().unwrap();
+    let bytes = cc
+        .req(Method::GET, &format!("/v3/packages/{guid}/download"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes.as_ref(), zip.as_slice());
+    let form =
+        reqwest::multipart::Form::new().part("bits", reqwest::multipart::Part::bytes(zip.clone()));
+    let (status, body) = send(
+        cc.req(Method::POST, &format!("/v3/packages/{guid}/upload"))
+            .multipart(form),
+    )
+    .await;
+    assert_eq!((status, error_title(&body)), (409, "CF-Conflict"));
+
+    let (status, hostile) = cc.upload(&app, zip_of(&[("../../escape.txt", "x")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(hostile["state"], "FAILED");
+    assert!(
+        hostile["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the app folder"),
+        "{hostile}"
+    );
+    assert!(
+        !cc.data_dir.join("../escape.txt").exists() && !cc.data_dir.join("escape.txt").exists()
+    );
+
+    let (status, body) = cc.upload(&app, vec![7u8; 2 << 20]).await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (413, "CF-RequestEntityTooLarge"),
+        "{body}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cc.data_dir.join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "no partial blob left"
+    );
+}
+
+#[tokio::test]
+async fn a_build_no_stager_takes_fails_with_the_reason() {
+    let cc = Controller::start_with(|c| c.accept_timeout_secs = 1).await;
+    let app = cc.app("lonely").await;
+    let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
+    let (status, build) = cc
+        .post("/v3/builds", json!({"package": {"guid": package["guid"]}}))
+        .await;
+    assert_eq!(status, 201, "{build}");
+    assert_eq!(build["state"], "STAGING");
+    let guid = build["guid"].as_str().unwrap();
+    let mut last = json!(null);
+    for _ in 0..100 {
+        last = cc.get(&format!("/v3/builds/{guid}")).await.1;
+        if last["state"] == "FAILED" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["state"], "FAILED", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("no stager took the build"),
+        "{last}"
+    );
+    assert!(
+        last["error"].as_str().unwrap().contains("stack tiny"),
+        "{last}"
+    );
+
+    let (status, body) = cc
+        .post("/v3/builds", json!({"package": {"guid": "nope"}}))
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+}
