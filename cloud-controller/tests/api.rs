@@ -312,3 +312,68 @@ async fn a_build_no_stager_takes_fails_with_the_reason() {
         (422, "CF-UnprocessableEntity")
     );
 }
+
+#[tokio::test]
+async fn a_build_whose_stager_goes_silent_fails_naming_the_stager() {
+    let cc = Controller::start().await;
+    let app = cc.app("orphaned").await;
+    let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
+    let bus = async_nats::connect(&cc.nats.url).await.unwrap();
+    let mut requests = bus.subscribe(kiln_bus::STAGING_REQUEST).await.unwrap();
+    bus.flush().await.unwrap();
+    let (_, build) = cc
+        .post("/v3/builds", json!({"package": {"guid": package["guid"]}}))
+        .await;
+    let guid = build["guid"].as_str().unwrap().to_string();
+    // A stager takes it, then is never heard of again.
+    use futures::StreamExt;
+    let request = tokio::time::timeout(std::time::Duration::from_secs(5), requests.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let request: kiln_bus::StagingRequest =
+        kiln_bus::decode(&request.subject, &request.payload).unwrap();
+    assert_eq!(request.build_guid, guid);
+    assert!(
+        request.package_url.contains("/internal/v1/packages/"),
+        "{request:?}"
+    );
+    let accepted = kiln_bus::StagingAccepted {
+        build_guid: guid.clone(),
+        stager_id: "ghost".into(),
+    };
+    bus.publish(
+        kiln_bus::STAGING_ACCEPTED,
+        kiln_bus::encode(&accepted).into(),
+    )
+    .await
+    .unwrap();
+    bus.flush().await.unwrap();
+    let mut last = json!(null);
+    for _ in 0..300 {
+        last = cc.get(&format!("/v3/builds/{guid}")).await.1;
+        if last["state"] != "STAGING" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["state"], "FAILED", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("stager ghost stopped answering"),
+        "{last}"
+    );
+
+    // The internal endpoints want the internal credential, which users do not have.
+    let (status, _) = send(cc.req(
+        Method::GET,
+        &format!(
+            "/internal/v1/packages/{}/bits",
+            package["guid"].as_str().unwrap()
+        ),
+    ))
+    .await;
+    assert_eq!(status, 403);
+}
