@@ -53,6 +53,9 @@ pub async fn start(config: Config) -> anyhow::Result<Started> {
     let db = db::open(&config.data_dir)
         .await
         .context("opening the database")?;
+    let default_domain = api::routes::ensure_default_domain(&db, &config.default_domain)
+        .await
+        .context("the default domain")?;
     let admin_password = auth::ensure_admin(&db, &config.data_dir)
         .await
         .context("creating the admin user")?;
@@ -81,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Started> {
         config: Arc::new(config),
         base_url,
         internal_url,
+        default_domain_guid: default_domain.into(),
     };
     let bus = tokio::spawn(staging::run(state.clone()));
     let app = api::router(state);

@@ -27,6 +27,8 @@ pub struct AppState {
     pub base_url: Arc<str>,
     /// The base URL of the internal endpoints (for stagers).
     pub internal_url: Arc<str>,
+    /// The guid of the shared default domain.
+    pub default_domain_guid: Arc<str>,
 }
 
 /// Now, as the API writes timestamps (RFC 3339, UTC, seconds).

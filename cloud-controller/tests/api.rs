@@ -377,3 +377,99 @@ async fn a_build_whose_stager_goes_silent_fails_naming_the_stager() {
     .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn apps_get_a_web_process_and_a_default_route_and_both_can_be_changed() {
+    let cc = Controller::start().await;
+    let app = cc.app("Web App").await;
+    let (_, processes) = cc.get(&format!("/v3/apps/{app}/processes")).await;
+    assert_eq!(processes["pagination"]["total_results"], 1, "{processes}");
+    let web = &processes["resources"][0];
+    assert_eq!(
+        (web["type"].as_str(), web["instances"].as_i64()),
+        (Some("web"), Some(1))
+    );
+    let web_guid = web["guid"].as_str().unwrap().to_string();
+    let (_, routes) = cc.get(&format!("/v3/apps/{app}/routes")).await;
+    assert_eq!(
+        routes["resources"][0]["url"], "web-app.apps.kiln.local",
+        "{routes}"
+    );
+
+    // The same host for another app is refused, and that app is not left half made.
+    let space = cc.space().await;
+    let (status, body) = cc
+        .post(
+            "/v3/apps",
+            json!({"name": "web-app", "relationships": {"space": {"data": {"guid": space}}}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("web-app.apps.kiln.local is taken"),
+        "{body}"
+    );
+    assert_eq!(
+        cc.get("/v3/apps?names=web-app").await.1["pagination"]["total_results"],
+        0
+    );
+    let (status, _) = cc.post("/v3/apps", json!({"name": "web-app", "no_route": true, "relationships": {"space": {"data": {"guid": space}}}})).await;
+    assert_eq!(status, 201);
+
+    let (status, scaled) = cc
+        .post(
+            &format!("/v3/processes/{web_guid}/actions/scale"),
+            json!({"instances": 3, "memory_in_mb": 512}),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            scaled["instances"].as_i64(),
+            scaled["memory_in_mb"].as_i64()
+        ),
+        (200, Some(3), Some(512))
+    );
+    let (status, body) = cc
+        .post(
+            &format!("/v3/apps/{app}/processes/web/actions/scale"),
+            json!({"instances": -1}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity")
+    );
+    let (_, stats) = cc.get(&format!("/v3/processes/{web_guid}/stats")).await;
+    assert_eq!(stats["resources"].as_array().unwrap().len(), 3);
+
+    let (_, domains) = cc.get("/v3/domains").await;
+    let domain = domains["resources"][0]["guid"].clone();
+    let route_body = json!({"host": "api", "path": "/v1", "relationships": {"domain": {"data": {"guid": domain}}, "space": {"data": {"guid": space}}}});
+    let (status, route) = cc.post("/v3/routes", route_body.clone()).await;
+    assert_eq!(status, 201, "{route}");
+    assert_eq!(route["url"], "api.apps.kiln.local/v1");
+    let (status, _) = cc.post("/v3/routes", route_body).await;
+    assert_eq!(status, 422, "a route exists once");
+    let (status, _) = cc.post("/v3/routes", json!({"host": "Bad_Host", "relationships": {"domain": {"data": {"guid": domain}}, "space": {"data": {"guid": space}}}})).await;
+    assert_eq!(status, 422);
+    let route_guid = route["guid"].as_str().unwrap();
+    let (status, dests) = cc
+        .post(
+            &format!("/v3/routes/{route_guid}/destinations"),
+            json!({"destinations": [{"app": {"guid": app}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{dests}");
+    let (_, mine) = cc.get(&format!("/v3/routes?app_guids={app}")).await;
+    assert_eq!(mine["pagination"]["total_results"], 2, "{mine}");
+    let (status, _) = cc
+        .call(Method::DELETE, &format!("/v3/routes/{route_guid}"), None)
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = cc.get(&format!("/v3/routes/{route_guid}")).await;
+    assert_eq!(status, 404);
+}

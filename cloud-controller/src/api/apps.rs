@@ -112,6 +112,9 @@ pub struct CreateApp {
     lifecycle: Option<Lifecycle>,
     #[serde(default)]
     environment_variables: BTreeMap<String, String>,
+    /// Kiln: no `<name>.<default domain>` route for this app.
+    #[serde(default)]
+    no_route: bool,
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -196,6 +199,23 @@ pub async fn create(
         }
         other => other?,
     };
+    super::processes::ensure(&s, &guid, "web").await?;
+    if !body.no_route {
+        let host = super::routes::host_for(&body.name);
+        match super::routes::create_route(&s, &host, "", &s.default_domain_guid, &space).await {
+            Ok(route) => super::routes::add_destination(&s, &route, &guid, "web").await?,
+            Err(e) => {
+                sqlx::query("DELETE FROM apps WHERE guid = ?")
+                    .bind(&guid)
+                    .execute(&s.db)
+                    .await?;
+                return Err(ApiError::Unprocessable(format!(
+                    "{e} The app's default route {host}.{} is taken: choose another name, or create the app with \"no_route\": true",
+                    s.config.default_domain
+                )));
+            }
+        }
+    }
     tracing::info!(app = %guid, user = %user.name, "app created");
     let app = find(&s, &guid).await?;
     Ok((StatusCode::CREATED, Json(app_json(&s, &app))))
@@ -487,6 +507,10 @@ pub async fn set_current_droplet(
                 .into(),
         )),
     }
+    let droplet = super::builds::find_droplet(&s, &body.data.guid).await?;
+    let types: BTreeMap<String, String> =
+        serde_json::from_str(&droplet.process_types).unwrap_or_default();
+    super::processes::sync_with_droplet(&s, &guid, &types).await?;
     sqlx::query("UPDATE apps SET droplet_guid = ?, updated_at = ? WHERE guid = ?")
         .bind(&body.data.guid)
         .bind(now())

@@ -5,7 +5,9 @@ pub mod apps;
 pub mod builds;
 mod internal;
 pub mod packages;
+pub mod processes;
 mod root;
+pub mod routes;
 mod spaces;
 
 use axum::extract::rejection::JsonRejection;
@@ -56,6 +58,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v3/apps/{guid}/droplets", get(builds::app_droplets))
         .route("/v3/apps/{guid}/packages", get(packages::app_packages))
         .route("/v3/jobs/{guid}", get(root::job))
+        .route("/v3/apps/{guid}/processes", get(processes::app_processes))
+        .route(
+            "/v3/apps/{guid}/processes/{kind}",
+            get(processes::get_by_type),
+        )
+        .route(
+            "/v3/apps/{guid}/processes/{kind}/actions/scale",
+            post(processes::scale_by_type),
+        )
+        .route("/v3/processes/{guid}", get(processes::get))
+        .route("/v3/processes/{guid}/actions/scale", post(processes::scale))
+        .route("/v3/processes/{guid}/stats", get(processes::stats))
+        .route("/v3/domains", get(routes::list_domains))
+        .route("/v3/routes", post(routes::create).get(routes::list))
+        .route("/v3/routes/{guid}", get(routes::get).delete(routes::delete))
+        .route(
+            "/v3/routes/{guid}/destinations",
+            post(routes::add_destinations),
+        )
+        .route("/v3/apps/{guid}/routes", get(routes::app_routes))
         .route("/v3/packages", post(packages::create))
         .route("/v3/packages/{guid}", get(packages::get))
         .route("/v3/packages/{guid}/upload", post(packages::upload))

@@ -1,0 +1,254 @@
+//! Processes: one per process type of an app (a `web` one from the start), their commands from
+//! the current droplet, scaled by instances, memory and disk. Stats come with the cells.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{link, list_body, ApiJson, PageQuery};
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{new_guid, now, AppState};
+
+/// Memory of a new process, MiB.
+pub const DEFAULT_MEMORY_MB: i64 = 256;
+/// Disk of a new process, MiB.
+pub const DEFAULT_DISK_MB: i64 = 1024;
+
+/// A process as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProcessRow {
+    pub guid: String,
+    pub app_guid: String,
+    pub kind: String,
+    pub command: Option<String>,
+    pub instances: i64,
+    pub memory_mb: i64,
+    pub disk_mb: i64,
+    pub health_check_type: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "guid, app_guid, kind, command, instances, memory_mb, disk_mb, health_check_type, created_at, updated_at";
+
+fn process_json(s: &AppState, p: &ProcessRow) -> Value {
+    let g = &p.guid;
+    json!({
+        "guid": g, "type": p.kind, "command": p.command, "instances": p.instances,
+        "memory_in_mb": p.memory_mb, "disk_in_mb": p.disk_mb, "log_rate_limit_in_bytes_per_second": -1,
+        "health_check": {"type": p.health_check_type, "data": {"timeout": null, "invocation_timeout": null}},
+        "relationships": {"app": {"data": {"guid": p.app_guid}}},
+        "metadata": {"labels": {}, "annotations": {}},
+        "created_at": p.created_at, "updated_at": p.updated_at,
+        "links": {
+            "self": link(s, &format!("/v3/processes/{g}")),
+            "scale": {"href": format!("{}/v3/processes/{g}/actions/scale", s.base_url), "method": "POST"},
+            "app": link(s, &format!("/v3/apps/{}", p.app_guid)),
+            "stats": link(s, &format!("/v3/processes/{g}/stats")),
+        },
+    })
+}
+
+/// Adds process `kind` to `app` (instances: 1 for web, else 0) unless it exists.
+pub async fn ensure(s: &AppState, app: &str, kind: &str) -> ApiResult<()> {
+    let t = now();
+    sqlx::query(
+        "INSERT INTO processes (guid, app_guid, kind, command, instances, memory_mb, disk_mb, health_check_type, created_at, updated_at)
+         VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?) ON CONFLICT(app_guid, kind) DO NOTHING",
+    )
+    .bind(new_guid())
+    .bind(app)
+    .bind(kind)
+    .bind(i64::from(kind == "web"))
+    .bind(DEFAULT_MEMORY_MB)
+    .bind(DEFAULT_DISK_MB)
+    .bind(if kind == "web" { "port" } else { "process" })
+    .bind(&t)
+    .bind(&t)
+    .execute(&s.db)
+    .await?;
+    Ok(())
+}
+
+/// After a droplet becomes current: a process per type with the droplet's command; types the
+/// droplet lacks are removed (but `web`, which stays without a command).
+pub async fn sync_with_droplet(
+    s: &AppState,
+    app: &str,
+    types: &BTreeMap<String, String>,
+) -> ApiResult<()> {
+    for (kind, command) in types {
+        ensure(s, app, kind).await?;
+        sqlx::query(
+            "UPDATE processes SET command = ?, updated_at = ? WHERE app_guid = ? AND kind = ?",
+        )
+        .bind(command)
+        .bind(now())
+        .bind(app)
+        .bind(kind)
+        .execute(&s.db)
+        .await?;
+    }
+    let existing: Vec<(String,)> = sqlx::query_as("SELECT kind FROM processes WHERE app_guid = ?")
+        .bind(app)
+        .fetch_all(&s.db)
+        .await?;
+    for (kind,) in existing {
+        if kind != "web" && !types.contains_key(&kind) {
+            sqlx::query("DELETE FROM processes WHERE app_guid = ? AND kind = ?")
+                .bind(app)
+                .bind(&kind)
+                .execute(&s.db)
+                .await?;
+        } else if kind == "web" && !types.contains_key("web") {
+            sqlx::query("UPDATE processes SET command = NULL WHERE app_guid = ? AND kind = 'web'")
+                .bind(app)
+                .execute(&s.db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn find(s: &AppState, guid: &str) -> ApiResult<ProcessRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM processes WHERE guid = ?"
+    )))
+    .bind(guid)
+    .fetch_optional(&s.db)
+    .await?
+    .ok_or(ApiError::NotFound("Process"))
+}
+
+async fn find_by_type(s: &AppState, app: &str, kind: &str) -> ApiResult<ProcessRow> {
+    super::apps::find(s, app).await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM processes WHERE app_guid = ? AND kind = ?"
+    )))
+    .bind(app)
+    .bind(kind)
+    .fetch_optional(&s.db)
+    .await?
+    .ok_or(ApiError::NotFound("Process"))
+}
+
+pub async fn app_processes(
+    _: User,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Value>> {
+    super::apps::find(&s, &app).await?;
+    let rows: Vec<ProcessRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM processes WHERE app_guid = ? ORDER BY kind"
+    )))
+    .bind(&app)
+    .fetch_all(&s.db)
+    .await?;
+    let total = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let all = PageQuery {
+        page: None,
+        per_page: Some(total.clamp(1, 5000)),
+    };
+    let resources = rows.iter().map(|p| process_json(&s, p)).collect();
+    Ok(Json(list_body(
+        &s,
+        &format!("/v3/apps/{app}/processes"),
+        "",
+        &all,
+        total,
+        resources,
+    )))
+}
+
+pub async fn get(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(process_json(&s, &find(&s, &guid).await?)))
+}
+
+pub async fn get_by_type(
+    _: User,
+    State(s): State<AppState>,
+    Path((app, kind)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(process_json(
+        &s,
+        &find_by_type(&s, &app, &kind).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct Scale {
+    instances: Option<i64>,
+    memory_in_mb: Option<i64>,
+    disk_in_mb: Option<i64>,
+}
+
+async fn scale_process(s: &AppState, p: ProcessRow, body: Scale) -> ApiResult<Json<Value>> {
+    let instances = body.instances.unwrap_or(p.instances);
+    let memory = body.memory_in_mb.unwrap_or(p.memory_mb);
+    let disk = body.disk_in_mb.unwrap_or(p.disk_mb);
+    if !(0..=1000).contains(&instances) {
+        return Err(ApiError::Unprocessable(
+            "Instances must be between 0 and 1000".into(),
+        ));
+    }
+    if !(16..=65536).contains(&memory) {
+        return Err(ApiError::Unprocessable(
+            "Memory in mb must be between 16 and 65536".into(),
+        ));
+    }
+    if !(64..=262144).contains(&disk) {
+        return Err(ApiError::Unprocessable(
+            "Disk in mb must be between 64 and 262144".into(),
+        ));
+    }
+    sqlx::query("UPDATE processes SET instances = ?, memory_mb = ?, disk_mb = ?, updated_at = ? WHERE guid = ?")
+        .bind(instances)
+        .bind(memory)
+        .bind(disk)
+        .bind(now())
+        .bind(&p.guid)
+        .execute(&s.db)
+        .await?;
+    Ok(Json(process_json(s, &find(s, &p.guid).await?)))
+}
+
+pub async fn scale(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<Scale>,
+) -> ApiResult<Json<Value>> {
+    let p = find(&s, &guid).await?;
+    scale_process(&s, p, body).await
+}
+
+pub async fn scale_by_type(
+    _: User,
+    State(s): State<AppState>,
+    Path((app, kind)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Scale>,
+) -> ApiResult<Json<Value>> {
+    let p = find_by_type(&s, &app, &kind).await?;
+    scale_process(&s, p, body).await
+}
+
+/// `GET /v3/processes/:guid/stats`: every instance DOWN until cells report them.
+pub async fn stats(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = find(&s, &guid).await?;
+    let resources: Vec<Value> = (0..p.instances)
+        .map(|i| json!({"type": p.kind, "index": i, "state": "DOWN", "usage": {}, "host": null, "uptime": 0, "mem_quota": p.memory_mb << 20, "disk_quota": p.disk_mb << 20}))
+        .collect();
+    Ok(Json(json!({"resources": resources})))
+}

@@ -1,0 +1,409 @@
+//! Domains and routes: the shared default domain (from configuration), routes with host and
+//! path, and their destinations (app process types). A new app gets `<name>.<default domain>`
+//! unless it asks for none.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{filter_values, link, list_body, ApiJson, PageQuery};
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{new_guid, now, AppState};
+
+/// Makes sure the configured default domain exists; returns its guid.
+pub async fn ensure_default_domain(
+    db: &sqlx::SqlitePool,
+    name: &str,
+) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO domains (guid, name, created_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING")
+        .bind(new_guid())
+        .bind(name)
+        .bind(now())
+        .execute(db)
+        .await?;
+    let (guid,): (String,) = sqlx::query_as("SELECT guid FROM domains WHERE name = ?")
+        .bind(name)
+        .fetch_one(db)
+        .await?;
+    Ok(guid)
+}
+
+/// A host name for an app name: lower case, letters, digits and `-`.
+pub fn host_for(name: &str) -> String {
+    let host: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let host = host.trim_matches('-').to_string();
+    if host.is_empty() {
+        "app".into()
+    } else {
+        host.chars().take(63).collect()
+    }
+}
+
+fn check_host(host: &str) -> ApiResult<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 63
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !host.starts_with('-');
+    if ok || host == "*" {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "Host `{host}` must be 1 to 63 lower-case letters, digits or `-`"
+        )))
+    }
+}
+
+fn check_path(path: &str) -> ApiResult<()> {
+    if path.is_empty()
+        || (path.starts_with('/') && path.len() > 1 && !path.contains('?') && !path.contains(".."))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "Path `{path}` must be empty or start with `/` (no `?`, no `..`)"
+        )))
+    }
+}
+
+/// Creates route `host` (path `path`) on `domain` in `space`; the route's guid.
+pub async fn create_route(
+    s: &AppState,
+    host: &str,
+    path: &str,
+    domain: &str,
+    space: &str,
+) -> ApiResult<String> {
+    check_host(host)?;
+    check_path(path)?;
+    let (guid, t) = (new_guid(), now());
+    let inserted = sqlx::query("INSERT INTO routes (guid, host, path, domain_guid, space_guid, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .bind(&guid)
+        .bind(host)
+        .bind(path)
+        .bind(domain)
+        .bind(space)
+        .bind(&t)
+        .bind(&t)
+        .execute(&s.db)
+        .await;
+    match inserted {
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(ApiError::Unprocessable(
+            format!("Route `{host}{path}` already exists on this domain."),
+        )),
+        other => other.map(|_| guid).map_err(Into::into),
+    }
+}
+
+/// Sends route `route` to process `process` of `app`.
+pub async fn add_destination(s: &AppState, route: &str, app: &str, process: &str) -> ApiResult<()> {
+    sqlx::query("INSERT INTO route_destinations (guid, route_guid, app_guid, process_type, port) VALUES (?, ?, ?, ?, 8080) ON CONFLICT DO NOTHING")
+        .bind(new_guid())
+        .bind(route)
+        .bind(app)
+        .bind(process)
+        .execute(&s.db)
+        .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct RouteRow {
+    guid: String,
+    host: String,
+    path: String,
+    domain_guid: String,
+    domain_name: String,
+    space_guid: String,
+    created_at: String,
+    updated_at: String,
+}
+
+const ROUTE_SELECT: &str = "SELECT r.guid, r.host, r.path, r.domain_guid, d.name AS domain_name, r.space_guid, r.created_at, r.updated_at FROM routes r JOIN domains d ON d.guid = r.domain_guid";
+
+async fn route_json(s: &AppState, r: &RouteRow) -> ApiResult<Value> {
+    let dests: Vec<(String, String, String, i64)> = sqlx::query_as("SELECT guid, app_guid, process_type, port FROM route_destinations WHERE route_guid = ? ORDER BY guid")
+        .bind(&r.guid)
+        .fetch_all(&s.db)
+        .await?;
+    let url = format!("{}.{}{}", r.host, r.domain_name, r.path);
+    Ok(json!({
+        "guid": r.guid, "protocol": "http", "host": r.host, "path": r.path, "port": null, "url": url,
+        "created_at": r.created_at, "updated_at": r.updated_at,
+        "destinations": dests.iter().map(|(g, app, kind, port)| json!({"guid": g, "app": {"guid": app, "process": {"type": kind}}, "port": port, "protocol": "http1", "weight": null})).collect::<Vec<_>>(),
+        "relationships": {"space": {"data": {"guid": r.space_guid}}, "domain": {"data": {"guid": r.domain_guid}}},
+        "metadata": {"labels": {}, "annotations": {}},
+        "links": {"self": link(s, &format!("/v3/routes/{}", r.guid)), "destinations": link(s, &format!("/v3/routes/{}/destinations", r.guid))},
+    }))
+}
+
+async fn find_route(s: &AppState, guid: &str) -> ApiResult<RouteRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ROUTE_SELECT} WHERE r.guid = ?"
+    )))
+    .bind(guid)
+    .fetch_optional(&s.db)
+    .await?
+    .ok_or(ApiError::NotFound("Route"))
+}
+
+pub async fn list_domains(
+    _: User,
+    State(s): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    let (limit, offset) = q.limits()?;
+    let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM domains")
+        .fetch_one(&s.db)
+        .await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT guid, name, created_at FROM domains ORDER BY created_at, guid LIMIT ? OFFSET ?",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&s.db)
+    .await?;
+    let resources = rows
+        .into_iter()
+        .map(|(g, name, created)| json!({"guid": g, "name": name, "internal": false, "created_at": created, "updated_at": created, "relationships": {"organization": {"data": null}, "shared_organizations": {"data": []}}, "links": {"self": link(&s, &format!("/v3/domains/{g}"))}}))
+        .collect();
+    Ok(Json(list_body(
+        &s,
+        "/v3/domains",
+        "",
+        &q,
+        total.0,
+        resources,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct CreateRoute {
+    host: Option<String>,
+    path: Option<String>,
+    relationships: RouteRelationships,
+}
+
+#[derive(Deserialize)]
+pub struct RouteRelationships {
+    domain: super::apps::Relationship,
+    space: super::apps::Relationship,
+}
+
+pub async fn create(
+    _: User,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateRoute>,
+) -> ApiResult<impl IntoResponse> {
+    let domain = body.relationships.domain.data_guid();
+    let space = body.relationships.space.data_guid();
+    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM domains WHERE guid = ?")
+        .bind(domain)
+        .fetch_optional(&s.db)
+        .await?;
+    known.ok_or_else(|| {
+        ApiError::Unprocessable("Invalid domain. Ensure that the domain exists.".into())
+    })?;
+    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = ?")
+        .bind(space)
+        .fetch_optional(&s.db)
+        .await?;
+    known.ok_or_else(|| {
+        ApiError::Unprocessable("Invalid space. Ensure that the space exists.".into())
+    })?;
+    let guid = create_route(
+        &s,
+        body.host.as_deref().unwrap_or(""),
+        body.path.as_deref().unwrap_or(""),
+        domain,
+        space,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(route_json(&s, &find_route(&s, &guid).await?).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct RouteQuery {
+    hosts: Option<String>,
+    app_guids: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+pub async fn list(
+    _: User,
+    State(s): State<AppState>,
+    Query(q): Query<RouteQuery>,
+) -> ApiResult<Json<Value>> {
+    let paging = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    };
+    let (limit, offset) = paging.limits()?;
+    let hosts = filter_values(&q.hosts);
+    let apps = filter_values(&q.app_guids);
+    let mut filter = String::from(" WHERE 1 = 1");
+    let mut qs = Vec::new();
+    if !hosts.is_empty() {
+        filter.push_str(&format!(
+            " AND r.host IN ({})",
+            vec!["?"; hosts.len()].join(", ")
+        ));
+        qs.push(format!("hosts={}", hosts.join(",")));
+    }
+    if !apps.is_empty() {
+        filter.push_str(&format!(
+            " AND r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid IN ({}))",
+            vec!["?"; apps.len()].join(", ")
+        ));
+        qs.push(format!("app_guids={}", apps.join(",")));
+    }
+    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM routes r{filter}"
+    )));
+    for v in hosts.iter().chain(&apps) {
+        count = count.bind(v);
+    }
+    let total = count.fetch_one(&s.db).await?.0;
+    let mut rows = sqlx::query_as::<_, RouteRow>(sqlx::AssertSqlSafe(format!(
+        "{ROUTE_SELECT}{filter} ORDER BY r.created_at, r.guid LIMIT ? OFFSET ?"
+    )));
+    for v in hosts.iter().chain(&apps) {
+        rows = rows.bind(v);
+    }
+    let routes = rows.bind(limit).bind(offset).fetch_all(&s.db).await?;
+    let mut resources = Vec::new();
+    for r in &routes {
+        resources.push(route_json(&s, r).await?);
+    }
+    Ok(Json(list_body(
+        &s,
+        "/v3/routes",
+        &qs.join("&"),
+        &paging,
+        total,
+        resources,
+    )))
+}
+
+pub async fn get(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(route_json(&s, &find_route(&s, &guid).await?).await?))
+}
+
+pub async fn delete(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+) -> ApiResult<StatusCode> {
+    find_route(&s, &guid).await?;
+    sqlx::query("DELETE FROM routes WHERE guid = ?")
+        .bind(&guid)
+        .execute(&s.db)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+pub struct Destinations {
+    destinations: Vec<Destination>,
+}
+
+#[derive(Deserialize)]
+pub struct Destination {
+    app: DestinationApp,
+}
+
+#[derive(Deserialize)]
+pub struct DestinationApp {
+    guid: String,
+    process: Option<DestinationProcess>,
+}
+
+#[derive(Deserialize)]
+pub struct DestinationProcess {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `POST /v3/routes/:guid/destinations`: adds destinations.
+pub async fn add_destinations(
+    _: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<Destinations>,
+) -> ApiResult<Json<Value>> {
+    let route = find_route(&s, &guid).await?;
+    for d in &body.destinations {
+        super::apps::find(&s, &d.app.guid)
+            .await
+            .map_err(|_| ApiError::Unprocessable(format!("App {} does not exist", d.app.guid)))?;
+        let kind = d.app.process.as_ref().map_or("web", |p| p.kind.as_str());
+        add_destination(&s, &guid, &d.app.guid, kind).await?;
+    }
+    let full = route_json(&s, &route).await?;
+    Ok(Json(
+        json!({"destinations": full["destinations"], "links": full["links"]}),
+    ))
+}
+
+pub async fn app_routes(
+    _: User,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Value>> {
+    super::apps::find(&s, &app).await?;
+    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ROUTE_SELECT} WHERE r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid = ?) ORDER BY r.created_at"
+    )))
+    .bind(&app)
+    .fetch_all(&s.db)
+    .await?;
+    let mut resources = Vec::new();
+    for r in &rows {
+        resources.push(route_json(&s, r).await?);
+    }
+    let total = i64::try_from(resources.len()).unwrap_or(i64::MAX);
+    let all = PageQuery {
+        page: None,
+        per_page: Some(total.clamp(1, 5000)),
+    };
+    Ok(Json(list_body(
+        &s,
+        &format!("/v3/apps/{app}/routes"),
+        "",
+        &all,
+        total,
+        resources,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_become_host_names() {
+        assert_eq!(host_for("My App_2"), "my-app-2");
+        assert_eq!(host_for("--"), "app");
+        assert!(check_host("my-app").is_ok());
+        assert!(check_host("My_App").is_err());
+        assert!(check_path("/api").is_ok() && check_path("").is_ok());
+        assert!(check_path("api").is_err() && check_path("/../x").is_err());
+    }
+}
