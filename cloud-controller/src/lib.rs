@@ -8,6 +8,7 @@ pub mod blobstore;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod logs;
 pub mod package_check;
 pub mod staging;
 pub mod state;
@@ -85,12 +86,16 @@ pub async fn start(config: Config) -> anyhow::Result<Started> {
         base_url,
         internal_url,
         default_domain_guid: default_domain.into(),
+        logs: Arc::default(),
     };
     let bus = tokio::spawn(staging::run(state.clone()));
+    let (logs, nats) = (state.logs.clone(), state.nats.clone());
+    let log_feed = tokio::spawn(async move { logs.follow_staging(nats).await });
     let app = api::router(state);
     let server = tokio::spawn(async move {
         let served = axum::serve(listener, app).await;
         bus.abort();
+        log_feed.abort();
         served.context("serving the API")
     });
     Ok(Started {

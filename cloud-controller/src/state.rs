@@ -29,6 +29,8 @@ pub struct AppState {
     pub internal_url: Arc<str>,
     /// The guid of the shared default domain.
     pub default_domain_guid: Arc<str>,
+    /// Recent and live app log lines.
+    pub logs: Arc<crate::logs::Logs>,
 }
 
 /// Now, as the API writes timestamps (RFC 3339, UTC, seconds).

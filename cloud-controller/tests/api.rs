@@ -473,3 +473,69 @@ async fn apps_get_a_web_process_and_a_default_route_and_both_can_be_changed() {
     let (status, _) = cc.get(&format!("/v3/routes/{route_guid}")).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn staging_log_lines_on_the_bus_are_kept_and_streamed_per_app() {
+    let cc = Controller::start().await;
+    let app = cc.app("chatty").await;
+    let other = cc.app("quiet").await;
+    let bus = async_nats::connect(&cc.nats.url).await.unwrap();
+    let line = |app: &str, text: &str| kiln_bus::StagingLogLine {
+        build_guid: "b".into(),
+        app_guid: app.into(),
+        source: "STG".into(),
+        stream: "OUT".into(),
+        line: text.into(),
+        timestamp_ns: 1,
+    };
+    let publish = |l: kiln_bus::StagingLogLine| {
+        let bus = bus.clone();
+        async move {
+            bus.publish(kiln_bus::staging_log("b"), kiln_bus::encode(&l).into())
+                .await
+                .unwrap();
+            bus.flush().await.unwrap();
+        }
+    };
+    publish(line(&app, "-----> Detecting buildpacks")).await;
+    publish(line(&other, "not mine")).await;
+    let mut recent = json!(null);
+    for _ in 0..50 {
+        recent = cc.get(&format!("/v3/apps/{app}/logs/recent")).await.1;
+        if recent["resources"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(recent["resources"].as_array().unwrap().len(), 1, "{recent}");
+    assert_eq!(recent["resources"][0]["source"], "STG");
+    assert_eq!(
+        recent["resources"][0]["message"],
+        "-----> Detecting buildpacks"
+    );
+
+    let mut stream = cc
+        .req(Method::GET, &format!("/v3/apps/{app}/logs/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    publish(line(&other, "still not mine")).await;
+    publish(line(&app, "-----> Droplet ready")).await;
+    let mut seen = String::new();
+    while !seen.contains("Droplet ready") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        seen.contains("event: log") && !seen.contains("still not mine"),
+        "{seen}"
+    );
+}

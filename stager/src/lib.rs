@@ -18,6 +18,7 @@ mod native;
 mod pack;
 mod release;
 mod request;
+pub mod service;
 mod session;
 
 pub use error::{Phase, StagingError, Tail};

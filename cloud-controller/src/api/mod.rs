@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod builds;
 mod internal;
+mod logs;
 pub mod packages;
 pub mod processes;
 mod root;
@@ -78,6 +79,8 @@ pub fn router(state: AppState) -> Router {
             post(routes::add_destinations),
         )
         .route("/v3/apps/{guid}/routes", get(routes::app_routes))
+        .route("/v3/apps/{guid}/logs/recent", get(logs::recent))
+        .route("/v3/apps/{guid}/logs/stream", get(logs::stream))
         .route("/v3/packages", post(packages::create))
         .route("/v3/packages/{guid}", get(packages::get))
         .route("/v3/packages/{guid}/upload", post(packages::upload))

@@ -1,0 +1,170 @@
+//! Errors of the staging service: those that stop the service ([`ServiceError`]), those that
+//! end one build ([`BuildError`], published as a failed result), and those of moving bits to
+//! and from the controller ([`TransferError`]).
+
+use std::path::PathBuf;
+
+use crate::error::StagingError;
+
+/// Why the service could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Subscribing to the staging requests failed.
+    #[error("subscribing to {subject} on the bus: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: &'static str,
+        /// The client's error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// The bus did not confirm the subscription.
+    #[error("flushing the connection to the bus: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+    /// The subscription ended without the service being asked to stop (the client was closed).
+    #[error("the subscription to {0} ended: the connection to the bus was closed")]
+    SubscriptionEnded(&'static str),
+    /// The internal credential could not be read.
+    #[error("reading the internal token from {}: {source}", path.display())]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The internal credential file is empty.
+    #[error("the internal token file {} is empty", .0.display())]
+    EmptyToken(PathBuf),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// Why moving a file to or from the controller failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The URL is not an `http(s)` URL.
+    #[error("`{0}` is not an http or https URL")]
+    InvalidUrl(String),
+    /// The server answered with an error status.
+    #[error("{0}")]
+    Status(reqwest::StatusCode),
+    /// The request failed on the way (connection refused, reset, timed out).
+    #[error("{0}")]
+    Http(String),
+    /// The body is larger than allowed.
+    #[error("it is larger than {limit_mib} MiB, the staging disk limit")]
+    TooLarge {
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The local file could not be read or written.
+    #[error("{context} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl TransferError {
+    /// A reqwest error with its chain of causes ("error sending request: connection refused"),
+    /// without the URL, which the caller names.
+    pub(crate) fn http(e: reqwest::Error) -> TransferError {
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        TransferError::Http(text)
+    }
+
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> TransferError {
+        let path = path.into();
+        move |source| TransferError::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}
+
+/// Why one build failed; its `Display` is the reason of the failed result.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The request cannot be staged as it is (bad guid, unknown buildpack, bad egress rule).
+    #[error("invalid staging request: {0}")]
+    InvalidRequest(String),
+    /// The request's stack is not one of this stager's.
+    #[error("stager {stager} cannot stage on stack `{stack}`: it has {}", stacks.join(", "))]
+    UnknownStack {
+        /// The stager.
+        stager: String,
+        /// What was asked for.
+        stack: String,
+        /// What it has.
+        stacks: Vec<String>,
+    },
+    /// The per-build work dir could not be made.
+    #[error("creating a work dir in {}: {source}", path.display())]
+    WorkDir {
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The package could not be downloaded.
+    #[error("downloading the package from {url}: {source}")]
+    Package {
+        /// Where from (without its query).
+        url: String,
+        /// Why.
+        #[source]
+        source: TransferError,
+    },
+    /// Staging failed.
+    #[error("{0}")]
+    Staging(#[from] StagingError),
+    /// The droplet could not be uploaded.
+    #[error("uploading the droplet to {url}: {source}")]
+    DropletUpload {
+        /// Where to (without its query).
+        url: String,
+        /// Why.
+        #[source]
+        source: TransferError,
+    },
+    /// The stager stopped before the staging finished.
+    #[error("the stager {stager} stopped and gave up this staging after a {grace_secs} s grace; stage again")]
+    Abandoned {
+        /// The stager.
+        stager: String,
+        /// How long it waited.
+        grace_secs: u64,
+    },
+}
+
+impl BuildError {
+    /// Cloud Foundry's staging exit code: the staging's own, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BuildError::Staging(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
