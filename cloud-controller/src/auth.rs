@@ -104,17 +104,23 @@ impl TokenKey {
     }
 }
 
-/// Writes `content` to `path` readable by its owner only.
+/// Writes `content` to `path` readable by its owner only, whole or not at all (a temp file
+/// renamed into place).
 pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(content)
+        .open(&tmp)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// An argon2 hash of `password`.
@@ -135,6 +141,23 @@ pub fn password_matches(password: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// Checks `password` against `hash`, or against a throw-away hash when there is no such user
+/// so that the answer takes as long either way, off the async threads.
+pub async fn check_password(password: String, hash: Option<String>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(move || {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| {
+            DUMMY
+                .get_or_init(|| hash_password("not a password").unwrap_or_default())
+                .clone()
+        });
+        password_matches(&password, &hash) && known
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Creates the `admin` user on first start; returns its generated password then (else None).

@@ -97,6 +97,30 @@ impl LocalBlobstore {
     }
 }
 
+/// A temp file removed on drop (a no-op once it was renamed into place).
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl LocalBlobstore {
+    /// Removes partial files left by a controller that stopped mid-upload.
+    pub fn sweep_partials(&self) -> Result<usize, BlobError> {
+        let dir = self.root.join("tmp");
+        let entries = std::fs::read_dir(&dir).map_err(Self::io(&dir))?;
+        let mut removed = 0;
+        for e in entries.flatten() {
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 impl Blobstore for LocalBlobstore {
     async fn put<S, E>(&self, mut stream: S, limit: u64) -> Result<Blob, BlobError>
     where
@@ -104,6 +128,8 @@ impl Blobstore for LocalBlobstore {
         E: std::fmt::Display + Send,
     {
         let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        // Removes the partial file however this ends (an error, or the upload dropped).
+        let _partial = Partial(tmp.clone());
         let result = async {
             let mut file = tokio::fs::File::create(&tmp)
                 .await
@@ -133,9 +159,6 @@ impl Blobstore for LocalBlobstore {
             Ok(Blob { sha256, size })
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
         result
     }
 

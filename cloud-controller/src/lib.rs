@@ -61,6 +61,12 @@ pub async fn start(config: Config) -> anyhow::Result<Started> {
         .await
         .context("creating the admin user")?;
     let blobs = blobstore::LocalBlobstore::open(config.data_dir.join("blobs"))?;
+    // A restart loses nothing: an upload in progress when the controller stopped is FAILED.
+    blobs.sweep_partials()?;
+    sqlx::query("UPDATE packages SET state = 'FAILED', error = 'the controller restarted during the upload: upload again', updated_at = ? WHERE state = 'PROCESSING_UPLOAD'")
+        .bind(state::now())
+        .execute(&db)
+        .await?;
     let tokens = auth::TokenKey::load_or_create(&config.data_dir.join("token-key"))
         .context("the token key")?;
     let internal = internal_token(&config.data_dir)?;

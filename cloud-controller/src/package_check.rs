@@ -16,43 +16,58 @@ pub fn check(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
         .read(&mut magic)
         .map_err(|e| format!("reading the package: {e}"))?;
     match &magic[..n] {
-        [0x50, 0x4b, ..] => check_zip(path, max_bytes),
+        // The same magic numbers the stager goes by, so both see the same format.
+        [0x50, 0x4b, 3, 4] | [0x50, 0x4b, 5, 6] => check_zip(path, max_bytes),
         [0x1f, 0x8b, ..] => check_tgz(path, max_bytes),
         _ => Err("the package is neither a zip nor a gzip tar".into()),
     }
 }
 
-/// Whether a relative `name` (and a link from it to `target`) stays inside the folder.
-fn stays_inside(name: &str, link_target: Option<&str>) -> Result<(), Refusal> {
-    let depth = |p: &Path, start: i64| -> Option<i64> {
-        let mut d = start;
-        for c in p.components() {
+/// The entries seen so far: the paths that are links, so that nothing is written through one.
+#[derive(Default)]
+struct Seen {
+    links: std::collections::HashSet<std::path::PathBuf>,
+}
+
+impl Seen {
+    /// Checks entry `name` (a link to `link_target` if given): a relative name without `..`,
+    /// not below an earlier link, and a link whose target stays inside the folder.
+    fn check(&mut self, name: &str, link_target: Option<&str>) -> Result<(), Refusal> {
+        let path = Path::new(name);
+        let mut clean = std::path::PathBuf::new();
+        for c in path.components() {
             match c {
-                Component::Normal(_) => d += 1,
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    d -= 1;
-                    if d < 0 {
-                        return None;
+                Component::Normal(part) => {
+                    if self.links.contains(&clean) && !clean.as_os_str().is_empty() {
+                        return Err(format!(
+                            "entry `{name}` goes through the link `{}`",
+                            clean.display()
+                        ));
                     }
+                    clean.push(part);
                 }
-                Component::RootDir | Component::Prefix(_) => return None,
+                Component::CurDir => {}
+                _ => return Err(format!("entry `{name}` points outside the app folder")),
             }
         }
-        Some(d)
-    };
-    let name_path = Path::new(name);
-    let Some(d) = depth(name_path, 0) else {
-        return Err(format!("entry `{name}` points outside the app folder"));
-    };
-    if let Some(target) = link_target {
-        if depth(Path::new(target), d - 1).is_none() {
-            return Err(format!(
-                "entry `{name}` is a link to `{target}`, outside the app folder"
-            ));
+        if let Some(target) = link_target {
+            let mut depth = i64::try_from(clean.components().count()).unwrap_or(i64::MAX) - 1;
+            for c in Path::new(target).components() {
+                match c {
+                    Component::Normal(_) => depth += 1,
+                    Component::CurDir => {}
+                    Component::ParentDir if depth > 0 => depth -= 1,
+                    _ => {
+                        return Err(format!(
+                            "entry `{name}` is a link to `{target}`, outside the app folder"
+                        ))
+                    }
+                }
+            }
+            self.links.insert(clean);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn check_zip(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
@@ -60,6 +75,7 @@ fn check_zip(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| format!("the package is not a valid zip: {e}"))?;
     let mut total = 0u64;
+    let mut seen = Seen::default();
     for i in 0..zip.len() {
         let mut entry = zip
             .by_index(i)
@@ -77,7 +93,7 @@ fn check_zip(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
         } else {
             None
         };
-        stays_inside(&name, target.as_deref())?;
+        seen.check(&name, target.as_deref())?;
         total = total.saturating_add(entry.size());
         if total > max_bytes {
             return Err(format!(
@@ -93,6 +109,7 @@ fn check_tgz(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
     let file = std::fs::File::open(path).map_err(|e| format!("reading the package: {e}"))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let mut total = 0u64;
+    let mut seen = Seen::default();
     for entry in tar
         .entries()
         .map_err(|e| format!("the package is not a valid tar.gz: {e}"))?
@@ -114,9 +131,9 @@ fn check_tgz(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
                 .link_name_bytes()
                 .map(|l| String::from_utf8_lossy(&l).into_owned())
                 .unwrap_or_default();
-            stays_inside(&l, None)?;
+            Seen::default().check(&l, None)?;
         }
-        stays_inside(&raw, target.as_deref())?;
+        seen.check(&raw, target.as_deref())?;
         total = total.saturating_add(entry.size());
         if total > max_bytes {
             return Err(format!(
@@ -134,13 +151,19 @@ mod tests {
 
     #[test]
     fn names_and_links_must_stay_inside() {
-        assert!(stays_inside("a/b.txt", None).is_ok());
-        assert!(stays_inside("./a", None).is_ok());
-        assert!(stays_inside("../x", None).is_err());
-        assert!(stays_inside("a/../../x", None).is_err());
-        assert!(stays_inside("/etc/passwd", None).is_err());
-        assert!(stays_inside("a/link", Some("../b")).is_ok());
-        assert!(stays_inside("link", Some("../b")).is_err());
-        assert!(stays_inside("link", Some("/etc/passwd")).is_err());
+        let ok = |n: &str, l: Option<&str>| Seen::default().check(n, l).is_ok();
+        assert!(ok("a/b.txt", None) && ok("./a", None));
+        assert!(!ok("../x", None) && !ok("a/../b", None) && !ok("/etc/passwd", None));
+        assert!(ok("a/link", Some("../b")));
+        assert!(!ok("link", Some("../b")) && !ok("link", Some("/etc/passwd")));
+    }
+
+    #[test]
+    fn nothing_goes_through_an_earlier_link() {
+        let mut seen = Seen::default();
+        assert!(seen.check("d1/d2/l", Some("..")).is_ok());
+        let err = seen.check("d1/d2/l/m", Some("../..")).unwrap_err();
+        assert!(err.contains("goes through the link `d1/d2/l`"), "{err}");
+        assert!(seen.check("d1/d2/other", None).is_ok());
     }
 }

@@ -5,7 +5,7 @@
 //! controller restart).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -76,15 +76,76 @@ async fn fail(s: &AppState, build: &str, reason: &str) -> Result<(), sqlx::Error
     tx.commit().await
 }
 
-/// What the controller knows of stagers: when each was last heard, and what it builds.
+/// What the controller knows of stagers: when each was last heard, its stacks, what it
+/// builds, and how many advertisements in a row left out a build it had taken.
 #[derive(Default)]
 struct Stagers {
-    seen: HashMap<String, (Instant, Vec<String>)>,
+    seen: HashMap<String, Heard>,
+    missing: HashMap<String, u32>,
 }
 
-/// Runs the bus side of staging until the connection closes.
+#[derive(Clone)]
+struct Heard {
+    at: Instant,
+    stacks: Vec<String>,
+    building: Vec<String>,
+}
+
+impl Stagers {
+    fn advertised(&mut self, a: StagerAdvertise) {
+        if let Some(before) = self.seen.get(&a.id) {
+            for build in &before.building {
+                if a.building.contains(build) {
+                    self.missing.remove(build);
+                } else {
+                    *self.missing.entry(build.clone()).or_default() += 1;
+                }
+            }
+        }
+        let building = self
+            .seen
+            .get(&a.id)
+            .map(|h| h.building.clone())
+            .unwrap_or_default();
+        // Builds accepted but not yet advertised stay known until an advertisement omits them.
+        let mut merged = a.building.clone();
+        merged.extend(
+            building
+                .into_iter()
+                .filter(|b| self.missing.get(b).is_some_and(|n| *n < 2)),
+        );
+        self.seen.insert(
+            a.id,
+            Heard {
+                at: Instant::now(),
+                stacks: a.stacks,
+                building: merged,
+            },
+        );
+    }
+
+    fn accepted(&mut self, a: &StagingAccepted) {
+        let heard = self.seen.entry(a.stager_id.clone()).or_insert(Heard {
+            at: Instant::now(),
+            stacks: Vec::new(),
+            building: Vec::new(),
+        });
+        heard.building.push(a.build_guid.clone());
+        self.missing.remove(&a.build_guid);
+    }
+
+    /// Whether a stager heard from recently advertises `stack`.
+    fn serves(&self, stack: &str, ttl: Duration) -> bool {
+        self.seen
+            .values()
+            .any(|h| h.at.elapsed() < ttl && h.stacks.iter().any(|s| s == stack))
+    }
+}
+
+/// Runs the bus side of staging until the connection closes. Results are handled before
+/// anything else that is ready, so an advertisement never overtakes the result it follows.
 pub async fn run(s: AppState) -> anyhow::Result<()> {
-    let stagers = Arc::new(Mutex::new(Stagers::default()));
+    let stagers = Mutex::new(Stagers::default());
     let started = Instant::now();
     let mut accepted = s.nats.subscribe(kiln_bus::STAGING_ACCEPTED).await?;
     let mut results = s.nats.subscribe(kiln_bus::STAGING_RESULT).await?;
@@ -92,30 +153,37 @@ pub async fn run(s: AppState) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
-            Some(m) = accepted.next() => {
-                match kiln_bus::decode::<StagingAccepted>(&m.subject, &m.payload) {
-                    Ok(a) => {
-                        if let Ok(mut st) = stagers.lock() {
-                            st.seen.entry(a.stager_id.clone()).or_insert((Instant::now(), Vec::new())).1.push(a.build_guid.clone());
-                        }
-                        let _ = sqlx::query("UPDATE builds SET stager_id = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
-                            .bind(&a.stager_id).bind(now()).bind(&a.build_guid).execute(&s.db).await;
+            biased;
+            Some(m) = results.next() => match kiln_bus::decode::<StagingResult>(&m.subject, &m.payload) {
+                Ok(r) => {
+                    if let Err(e) = finish(&s, r).await {
+                        tracing::error!(error = %e, "recording a staging result");
                     }
-                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
                 }
-            }
-            Some(m) = results.next() => {
-                match kiln_bus::decode::<StagingResult>(&m.subject, &m.payload) {
-                    Ok(r) => if let Err(e) = finish(&s, r).await { tracing::error!(error = %e, "recording a staging result") },
-                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+                Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+            },
+            Some(m) = accepted.next() => match kiln_bus::decode::<StagingAccepted>(&m.subject, &m.payload) {
+                Ok(a) => {
+                    if let Ok(mut st) = stagers.lock() {
+                        st.accepted(&a);
+                    }
+                    let _ = sqlx::query("UPDATE builds SET stager_id = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+                        .bind(&a.stager_id)
+                        .bind(now())
+                        .bind(&a.build_guid)
+                        .execute(&s.db)
+                        .await;
                 }
-            }
-            Some(m) = adverts.next() => {
-                match kiln_bus::decode::<StagerAdvertise>(&m.subject, &m.payload) {
-                    Ok(a) => if let Ok(mut st) = stagers.lock() { st.seen.insert(a.id, (Instant::now(), a.building)); },
-                    Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+                Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+            },
+            Some(m) = adverts.next() => match kiln_bus::decode::<StagerAdvertise>(&m.subject, &m.payload) {
+                Ok(a) => {
+                    if let Ok(mut st) = stagers.lock() {
+                        st.advertised(a);
+                    }
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "ignoring a message"),
+            },
             _ = tick.tick() => {
                 if let Err(e) = watchdog(&s, &stagers, started).await {
                     tracing::error!(error = %e, "staging watchdog");
@@ -127,62 +195,63 @@ pub async fn run(s: AppState) -> anyhow::Result<()> {
 }
 
 async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
-    match r.outcome {
+    let d = match r.outcome {
         StagingOutcome::Failed { reason, exit_code } => {
-            fail(
+            let reason = format!("StagingError - {reason} (exit code {exit_code})");
+            return fail(s, &r.build_guid, &reason).await;
+        }
+        StagingOutcome::Staged(d) => d,
+    };
+    let uploaded: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT guid, sha256 FROM droplets WHERE build_guid = ?")
+            .bind(&r.build_guid)
+            .fetch_optional(&s.db)
+            .await?;
+    let droplet = match uploaded {
+        Some((guid, Some(sha))) if sha == d.sha256 => guid,
+        Some((_, sha)) => {
+            let reason = format!(
+                "the stager reported droplet sha256 {} but uploaded {}",
+                d.sha256,
+                sha.unwrap_or_default()
+            );
+            return fail(s, &r.build_guid, &reason).await;
+        }
+        None => {
+            return fail(
                 s,
                 &r.build_guid,
-                &format!("StagingError - {reason} (exit code {exit_code})"),
+                "the stager reported success but uploaded no droplet",
             )
             .await
         }
-        StagingOutcome::Staged(d) => {
-            let uploaded: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT guid, sha256 FROM droplets WHERE build_guid = ?")
-                    .bind(&r.build_guid)
-                    .fetch_optional(&s.db)
-                    .await?;
-            let droplet = match uploaded {
-                Some((guid, Some(sha))) if sha == d.sha256 => guid,
-                Some((_, sha)) => {
-                    let reason = format!(
-                        "the stager reported droplet sha256 {} but uploaded {}",
-                        d.sha256,
-                        sha.unwrap_or_default()
-                    );
-                    return fail(s, &r.build_guid, &reason).await;
-                }
-                None => {
-                    return fail(
-                        s,
-                        &r.build_guid,
-                        "the stager reported success but uploaded no droplet",
-                    )
-                    .await
-                }
-            };
-            let t = now();
-            let mut tx = s.db.begin().await?;
-            sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = ?, buildpacks = ?, process_types = ?, start_command = ?, updated_at = ? WHERE guid = ?")
-                .bind(&d.detected_buildpack)
-                .bind(serde_json::to_string(&d.buildpacks).unwrap_or_default())
-                .bind(serde_json::to_string(&d.process_types).unwrap_or_default())
-                .bind(&d.start_command)
-                .bind(&t)
-                .bind(&droplet)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE builds SET state = 'STAGED', droplet_guid = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
-                .bind(&droplet)
-                .bind(&t)
-                .bind(&r.build_guid)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(build = %r.build_guid, droplet, "staged");
-            Ok(())
-        }
+    };
+    let t = now();
+    let mut tx = s.db.begin().await?;
+    // The build first: a result for a build already FAILED (by the watchdog) changes nothing,
+    // and its droplet never becomes STAGED.
+    let build = sqlx::query("UPDATE builds SET state = 'STAGED', droplet_guid = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+        .bind(&droplet)
+        .bind(&t)
+        .bind(&r.build_guid)
+        .execute(&mut *tx)
+        .await?;
+    if build.rows_affected() != 1 {
+        tracing::warn!(build = %r.build_guid, "a staging result for a build that is no longer STAGING");
+        return Ok(());
     }
+    sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = ?, buildpacks = ?, process_types = ?, start_command = ?, updated_at = ? WHERE guid = ?")
+        .bind(&d.detected_buildpack)
+        .bind(serde_json::to_string(&d.buildpacks).unwrap_or_default())
+        .bind(serde_json::to_string(&d.process_types).unwrap_or_default())
+        .bind(&d.start_command)
+        .bind(&t)
+        .bind(&droplet)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(build = %r.build_guid, droplet, "staged");
+    Ok(())
 }
 
 fn age_secs(rfc3339: &str) -> i64 {
@@ -190,6 +259,10 @@ fn age_secs(rfc3339: &str) -> i64 {
         .map_or(i64::MAX, |t| chrono::Utc::now().timestamp() - t.timestamp())
 }
 
+/// Fails builds that will not finish: nobody took them within the accept timeout (while no
+/// live stager serves their stack; with one that does, they may be queued behind its current
+/// stagings, up to the staging time limit more), or their stager went silent or left them out
+/// of two advertisements in a row.
 async fn watchdog(
     s: &AppState,
     stagers: &Mutex<Stagers>,
@@ -201,26 +274,34 @@ async fn watchdog(
     .fetch_all(&s.db)
     .await?;
     let ttl = Duration::from_secs(kiln_bus::STAGER_TTL_SECS);
+    let accept = i64::try_from(s.config.accept_timeout_secs).unwrap_or(i64::MAX);
+    let queued =
+        accept.saturating_add(i64::try_from(s.config.staging_timeout_secs).unwrap_or(i64::MAX));
+    if let Ok(mut st) = stagers.lock() {
+        st.missing
+            .retain(|b, _| staging.iter().any(|(g, ..)| g == b));
+    }
     for (build, stack, stager, updated) in staging {
         let age = age_secs(&updated);
-        let reason = match stager {
-            None if age > i64::try_from(s.config.accept_timeout_secs).unwrap_or(i64::MAX) => Some(format!(
-                "no stager took the build within {} s: is a stager for stack {stack} running and connected to the bus?",
-                s.config.accept_timeout_secs
-            )),
-            None => None,
-            Some(id) => {
-                let known = stagers.lock().ok().and_then(|st| st.seen.get(&id).cloned());
-                match known {
-                    Some((seen, _)) if seen.elapsed() > ttl => Some(format!("stager {id} stopped answering while staging (silent for {} s)", seen.elapsed().as_secs())),
+        let reason = {
+            let Ok(st) = stagers.lock() else { continue };
+            match stager {
+                None if age > queued || (age > accept && !st.serves(&stack, ttl)) => Some(format!(
+                    "no stager took the build within {} s: is a stager for stack {stack} running and connected to the bus?",
+                    if age > queued { queued } else { accept }
+                )),
+                None => None,
+                Some(id) => match st.seen.get(&id) {
+                    Some(h) if h.at.elapsed() > ttl => Some(format!(
+                        "stager {id} stopped answering while staging (silent for {} s)",
+                        h.at.elapsed().as_secs()
+                    )),
                     None if started.elapsed() > ttl => Some(format!("stager {id} stopped answering while staging")),
-                    Some((seen, building))
-                        if !building.contains(&build) && age > 2 * kiln_bus::ADVERTISE_INTERVAL_SECS as i64 && seen.elapsed() < Duration::from_secs(kiln_bus::ADVERTISE_INTERVAL_SECS) =>
-                    {
+                    Some(_) if st.missing.get(&build).is_some_and(|n| *n >= 2) => {
                         Some(format!("stager {id} is no longer staging this build (it restarted?)"))
                     }
                     _ => None,
-                }
+                },
             }
         };
         if let Some(reason) = reason {

@@ -157,6 +157,14 @@ async fn apps_are_created_listed_filtered_paged_updated_and_deleted() {
         (status, error_title(&body)),
         (422, "CF-UnprocessableEntity")
     );
+    let (status, body) = cc.get("/v3/apps?page=abc").await;
+    assert_eq!(
+        (status, error_title(&body)),
+        (422, "CF-UnprocessableEntity"),
+        "{body}"
+    );
+    let (status, _) = cc.get("/v3/apps?page=9223372036854775807").await;
+    assert_eq!(status, 422, "a huge page is refused, not overflowed");
     let (_, by_space) = cc.get(&format!("/v3/apps?space_guids={space}")).await;
     assert_eq!(by_space["pagination"]["total_results"], 2);
 
@@ -242,6 +250,16 @@ async fn packages_upload_check_and_download_their_bits() {
     )
     .await;
     assert_eq!((status, error_title(&body)), (409, "CF-Conflict"));
+
+    // Small bodies everywhere but uploads: 2 MiB of JSON, even without a token, is refused.
+    let big = "x".repeat(2 << 20);
+    let (status, _) = send(
+        cc.http
+            .post(format!("{}/oauth/token", cc.url))
+            .form(&[("grant_type", big.as_str())]),
+    )
+    .await;
+    assert_eq!(status, 413);
 
     let (status, hostile) = cc.upload(&app, zip_of(&[("../../escape.txt", "x")])).await;
     assert_eq!(status, 200);

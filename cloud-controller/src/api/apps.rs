@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter_values, link, list_body, ApiJson, PageQuery};
+use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
@@ -232,7 +232,7 @@ pub struct ListQuery {
 pub async fn list(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let paging = PageQuery {
         page: q.page,
@@ -248,17 +248,20 @@ pub async fn list(
             " AND name IN ({})",
             vec!["?"; names.len()].join(", ")
         ));
-        query_string.push(format!("names={}", names.join(",")));
+        query_string.push(format!("names={}", super::encode_query(&names.join(","))));
     }
     if !spaces.is_empty() {
         filter.push_str(&format!(
             " AND space_guid IN ({})",
             vec!["?"; spaces.len()].join(", ")
         ));
-        query_string.push(format!("space_guids={}", spaces.join(",")));
+        query_string.push(format!(
+            "space_guids={}",
+            super::encode_query(&spaces.join(","))
+        ));
     }
     let count_sql = format!("SELECT COUNT(*) FROM apps{filter}");
-    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql.clone()));
+    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
     for v in names.iter().chain(&spaces) {
         count = count.bind(v);
     }
@@ -266,7 +269,7 @@ pub async fn list(
     let rows_sql = format!(
         "SELECT {APP_COLUMNS} FROM apps{filter} ORDER BY created_at, guid LIMIT ? OFFSET ?"
     );
-    let mut rows = sqlx::query_as::<_, AppRow>(sqlx::AssertSqlSafe(rows_sql.clone()));
+    let mut rows = sqlx::query_as::<_, AppRow>(sqlx::AssertSqlSafe(rows_sql));
     for v in names.iter().chain(&spaces) {
         rows = rows.bind(v);
     }

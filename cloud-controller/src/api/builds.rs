@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter_values, link, list_body, ApiJson, PageQuery};
+use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::blobstore::Blobstore;
 use crate::error::{ApiError, ApiResult};
@@ -161,7 +161,7 @@ pub struct BuildListQuery {
 pub async fn list(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<BuildListQuery>,
+    ApiQuery(q): ApiQuery<BuildListQuery>,
 ) -> ApiResult<Json<Value>> {
     let paging = PageQuery {
         page: q.page,
@@ -177,17 +177,20 @@ pub async fn list(
             " AND app_guid IN ({})",
             vec!["?"; apps.len()].join(", ")
         ));
-        qs.push(format!("app_guids={}", apps.join(",")));
+        qs.push(format!(
+            "app_guids={}",
+            super::encode_query(&apps.join(","))
+        ));
     }
     if !states.is_empty() {
         filter.push_str(&format!(
             " AND state IN ({})",
             vec!["?"; states.len()].join(", ")
         ));
-        qs.push(format!("states={}", states.join(",")));
+        qs.push(format!("states={}", super::encode_query(&states.join(","))));
     }
     let count_sql = format!("SELECT COUNT(*) FROM builds{filter}");
-    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql.clone()));
+    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
     for v in apps.iter().chain(&states) {
         count = count.bind(v);
     }
@@ -195,7 +198,7 @@ pub async fn list(
     let sql = format!(
         "SELECT {BUILD_COLUMNS} FROM builds{filter} ORDER BY created_at, guid LIMIT ? OFFSET ?"
     );
-    let mut rows = sqlx::query_as::<_, BuildRow>(sqlx::AssertSqlSafe(sql.clone()));
+    let mut rows = sqlx::query_as::<_, BuildRow>(sqlx::AssertSqlSafe(sql));
     for v in apps.iter().chain(&states) {
         rows = rows.bind(v);
     }
@@ -281,7 +284,7 @@ pub async fn app_droplets(
     _: User,
     State(s): State<AppState>,
     Path(app): Path<String>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
     let (limit, offset) = q.limits()?;

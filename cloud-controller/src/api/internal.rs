@@ -52,17 +52,24 @@ pub async fn upload_droplet(
         .await
         .map_err(stored)?;
     let t = now();
-    let droplet = build
-        .droplet_guid
-        .clone()
-        .unwrap_or_else(crate::state::new_guid);
     let mut tx = s.db.begin().await?;
+    // Still STAGING now that the upload is complete (the watchdog may have failed it).
+    let still =
+        sqlx::query("UPDATE builds SET updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+            .bind(&t)
+            .bind(&guid)
+            .execute(&mut *tx)
+            .await?;
+    if still.rows_affected() != 1 {
+        return Err(ApiError::Conflict("The build is no longer STAGING".into()));
+    }
+    // One droplet per build: a second upload replaces the bits of the first.
     sqlx::query(
         "INSERT INTO droplets (guid, app_guid, build_guid, package_guid, state, sha256, size, detected_buildpack, buildpacks, process_types, start_command, stack, error, created_at, updated_at)
          VALUES (?, ?, ?, ?, 'STAGING', ?, ?, NULL, '[]', '{}', NULL, ?, NULL, ?, ?)
-         ON CONFLICT(guid) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, updated_at = excluded.updated_at",
+         ON CONFLICT(build_guid) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, updated_at = excluded.updated_at",
     )
-    .bind(&droplet)
+    .bind(crate::state::new_guid())
     .bind(&build.app_guid)
     .bind(&build.guid)
     .bind(&build.package_guid)
@@ -73,9 +80,8 @@ pub async fn upload_droplet(
     .bind(&t)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE builds SET droplet_guid = ?, updated_at = ? WHERE guid = ?")
-        .bind(&droplet)
-        .bind(&t)
+    sqlx::query("UPDATE builds SET droplet_guid = (SELECT guid FROM droplets WHERE build_guid = ?) WHERE guid = ?")
+        .bind(&guid)
         .bind(&guid)
         .execute(&mut *tx)
         .await?;

@@ -24,7 +24,8 @@ use crate::state::AppState;
 
 /// Every route of the controller.
 pub fn router(state: AppState) -> Router {
-    let limit = usize::try_from(state.config.max_upload_bytes)
+    // Uploads may be large (and are streamed); every other body is small JSON or a form.
+    let upload_limit = usize::try_from(state.config.max_upload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
     Router::new()
@@ -83,7 +84,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v3/apps/{guid}/logs/stream", get(logs::stream))
         .route("/v3/packages", post(packages::create))
         .route("/v3/packages/{guid}", get(packages::get))
-        .route("/v3/packages/{guid}/upload", post(packages::upload))
+        .route(
+            "/v3/packages/{guid}/upload",
+            post(packages::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/v3/packages/{guid}/download", get(packages::download))
         .route("/v3/builds", post(builds::create).get(builds::list))
         .route("/v3/builds/{guid}", get(builds::get))
@@ -109,9 +113,12 @@ pub fn router(state: AppState) -> Router {
             get(internal::download_cache).put(internal::upload_cache),
         )
         .route("/v3/apps/{guid}/features", patch(root::not_implemented))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
         .with_state(state)
 }
+
+/// The largest JSON or form body accepted.
+const JSON_LIMIT: usize = 1 << 20;
 
 /// A JSON body whose rejections are V3 errors: malformed JSON is a 400 (never a 500), JSON of
 /// the wrong shape a 422 naming the problem.
@@ -124,9 +131,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge((JSON_LIMIT >> 20) as u64))
+            }
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
+}
+
+/// A query string whose rejections are V3 errors (422 naming the parameter).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::Unprocessable(e.body_text()))
+    }
+}
+
+/// Percent-encodes a filter value for the links of a list.
+pub fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `?page=&per_page=` of list endpoints.
@@ -153,7 +192,10 @@ impl PageQuery {
                 "Per page must be between 1 and 5000".into(),
             ));
         }
-        Ok((per_page, (page - 1) * per_page))
+        let offset = (page - 1)
+            .checked_mul(per_page)
+            .ok_or_else(|| ApiError::Unprocessable("Page is too large".into()))?;
+        Ok((per_page, offset))
     }
 }
 

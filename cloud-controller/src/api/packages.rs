@@ -2,14 +2,14 @@
 //! the blobstore, checked, and READY or FAILED.
 
 use axum::body::Body;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{link, list_body, ApiJson, PageQuery};
+use super::{link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::blobstore::{BlobError, Blobstore};
 use crate::error::{ApiError, ApiResult};
@@ -111,7 +111,7 @@ pub async fn app_packages(
     _: User,
     State(s): State<AppState>,
     Path(app): Path<String>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
     let (limit, offset) = q.limits()?;
@@ -178,7 +178,7 @@ pub async fn upload(
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|e| upload_error(&e.body_text(), limit))?
+            .map_err(|e| upload_error(&e, limit))?
         {
             if field.name() != Some("bits") {
                 continue;
@@ -189,7 +189,9 @@ pub async fn upload(
                 .await
                 .map_err(|e| match e {
                     BlobError::TooLarge { limit } => ApiError::TooLarge(limit >> 20),
-                    BlobError::Source(m) => upload_error(&m, limit),
+                    BlobError::Source(m) => {
+                        ApiError::BadRequest(format!("reading the upload: {m}"))
+                    }
                     other => ApiError::internal("storing a package", other),
                 })?;
             blob = Some(stored);
@@ -233,11 +235,11 @@ pub async fn upload(
     Ok(Json(package_json(&s, &find(&s, &guid).await?)))
 }
 
-fn upload_error(message: &str, limit: u64) -> ApiError {
-    if message.contains("length limit") || message.contains("too large") {
+fn upload_error(e: &axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(limit >> 20)
     } else {
-        ApiError::BadRequest(format!("reading the upload: {message}"))
+        ApiError::BadRequest(format!("reading the upload: {}", e.body_text()))
     }
 }
 

@@ -7,7 +7,7 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{password_matches, Claims, User, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
+use crate::auth::{check_password, Claims, User, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -64,9 +64,8 @@ pub async fn token(
                     .bind(&user)
                     .fetch_optional(&s.db)
                     .await?;
-            let hash_ok = row
-                .as_ref()
-                .is_some_and(|(_, hash)| password_matches(&password, hash));
+            let hash_ok =
+                check_password(password, row.as_ref().map(|(_, hash)| hash.clone())).await;
             match row {
                 Some((guid, _)) if hash_ok => (guid, user),
                 _ => return Err(ApiError::BadCredentials),

@@ -2,14 +2,14 @@
 //! path, and their destinations (app process types). A new app gets `<name>.<default domain>`
 //! unless it asks for none.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter_values, link, list_body, ApiJson, PageQuery};
+use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
@@ -54,7 +54,7 @@ fn check_host(host: &str) -> ApiResult<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !host.starts_with('-');
-    if ok || host == "*" {
+    if ok {
         Ok(())
     } else {
         Err(ApiError::Unprocessable(format!(
@@ -159,7 +159,7 @@ async fn find_route(s: &AppState, guid: &str) -> ApiResult<RouteRow> {
 pub async fn list_domains(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let (limit, offset) = q.limits()?;
     let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM domains")
@@ -245,7 +245,7 @@ pub struct RouteQuery {
 pub async fn list(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<RouteQuery>,
+    ApiQuery(q): ApiQuery<RouteQuery>,
 ) -> ApiResult<Json<Value>> {
     let paging = PageQuery {
         page: q.page,
@@ -261,14 +261,17 @@ pub async fn list(
             " AND r.host IN ({})",
             vec!["?"; hosts.len()].join(", ")
         ));
-        qs.push(format!("hosts={}", hosts.join(",")));
+        qs.push(format!("hosts={}", super::encode_query(&hosts.join(","))));
     }
     if !apps.is_empty() {
         filter.push_str(&format!(
             " AND r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid IN ({}))",
             vec!["?"; apps.len()].join(", ")
         ));
-        qs.push(format!("app_guids={}", apps.join(",")));
+        qs.push(format!(
+            "app_guids={}",
+            super::encode_query(&apps.join(","))
+        ));
     }
     let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM routes r{filter}"
@@ -306,17 +309,22 @@ pub async fn get(
     Ok(Json(route_json(&s, &find_route(&s, &guid).await?).await?))
 }
 
+/// `DELETE /v3/routes/:guid`: 202 with a (complete) job in `Location`, as for apps.
 pub async fn delete(
     _: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<impl IntoResponse> {
     find_route(&s, &guid).await?;
     sqlx::query("DELETE FROM routes WHERE guid = ?")
         .bind(&guid)
         .execute(&s.db)
         .await?;
-    Ok(StatusCode::ACCEPTED)
+    let location = format!("{}/v3/jobs/{}", s.base_url, new_guid());
+    Ok((
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1,10 +1,10 @@
 //! Organizations and spaces (read-only for now: the default ones are made on first start).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{link, list_body, PageQuery};
+use super::{link, list_body, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -33,7 +33,7 @@ fn space_json(s: &AppState, (guid, name, org, created, updated): SpaceRow) -> Va
 pub async fn list_orgs(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let (limit, offset) = q.limits()?;
     let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM organizations")
@@ -75,7 +75,7 @@ pub async fn get_org(
 pub async fn list_spaces(
     _: User,
     State(s): State<AppState>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let (limit, offset) = q.limits()?;
     let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM spaces")

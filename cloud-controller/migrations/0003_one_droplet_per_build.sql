@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX droplets_build_guid ON droplets (build_guid);
