@@ -10,6 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::listing::{self, Filter, Page};
 use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
@@ -238,49 +239,34 @@ pub async fn list(
         page: q.page,
         per_page: q.per_page,
     };
-    let (limit, offset) = paging.limits()?;
-    let names = filter_values(&q.names);
-    let spaces = filter_values(&q.space_guids);
-    let mut filter = String::from(" WHERE 1 = 1");
-    let mut query_string = Vec::new();
-    if !names.is_empty() {
-        filter.push_str(&format!(
-            " AND name IN ({})",
-            vec!["?"; names.len()].join(", ")
-        ));
-        query_string.push(format!("names={}", super::encode_query(&names.join(","))));
-    }
-    if !spaces.is_empty() {
-        filter.push_str(&format!(
-            " AND space_guid IN ({})",
-            vec!["?"; spaces.len()].join(", ")
-        ));
-        query_string.push(format!(
-            "space_guids={}",
-            super::encode_query(&spaces.join(","))
-        ));
-    }
-    let count_sql = format!("SELECT COUNT(*) FROM apps{filter}");
-    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
-    for v in names.iter().chain(&spaces) {
-        count = count.bind(v);
-    }
-    let total = count.fetch_one(&s.db).await?.0;
-    let rows_sql = format!(
-        "SELECT {APP_COLUMNS} FROM apps{filter} ORDER BY created_at, guid LIMIT ? OFFSET ?"
-    );
-    let mut rows = sqlx::query_as::<_, AppRow>(sqlx::AssertSqlSafe(rows_sql));
-    for v in names.iter().chain(&spaces) {
-        rows = rows.bind(v);
-    }
-    let apps = rows.bind(limit).bind(offset).fetch_all(&s.db).await?;
-    let resources = apps.iter().map(|a| app_json(&s, a)).collect();
+    let filters = [
+        Filter {
+            sql: "name IN ({})",
+            param: "names",
+            values: filter_values(&q.names),
+        },
+        Filter {
+            sql: "space_guid IN ({})",
+            param: "space_guids",
+            values: filter_values(&q.space_guids),
+        },
+    ];
+    let page: Page<AppRow> = listing::page(
+        &s,
+        APP_COLUMNS,
+        "apps",
+        "created_at, guid",
+        &filters,
+        &paging,
+    )
+    .await?;
+    let resources = page.rows.iter().map(|a| app_json(&s, a)).collect();
     Ok(Json(list_body(
         &s,
         "/v3/apps",
-        &query_string.join("&"),
+        &page.query,
         &paging,
-        total,
+        page.total,
         resources,
     )))
 }

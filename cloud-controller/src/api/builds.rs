@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::listing::{self, Filter, Page};
 use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::blobstore::Blobstore;
@@ -167,49 +168,34 @@ pub async fn list(
         page: q.page,
         per_page: q.per_page,
     };
-    let (limit, offset) = paging.limits()?;
-    let apps = filter_values(&q.app_guids);
-    let states = filter_values(&q.states);
-    let mut filter = String::from(" WHERE 1 = 1");
-    let mut qs = Vec::new();
-    if !apps.is_empty() {
-        filter.push_str(&format!(
-            " AND app_guid IN ({})",
-            vec!["?"; apps.len()].join(", ")
-        ));
-        qs.push(format!(
-            "app_guids={}",
-            super::encode_query(&apps.join(","))
-        ));
-    }
-    if !states.is_empty() {
-        filter.push_str(&format!(
-            " AND state IN ({})",
-            vec!["?"; states.len()].join(", ")
-        ));
-        qs.push(format!("states={}", super::encode_query(&states.join(","))));
-    }
-    let count_sql = format!("SELECT COUNT(*) FROM builds{filter}");
-    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
-    for v in apps.iter().chain(&states) {
-        count = count.bind(v);
-    }
-    let total = count.fetch_one(&s.db).await?.0;
-    let sql = format!(
-        "SELECT {BUILD_COLUMNS} FROM builds{filter} ORDER BY created_at, guid LIMIT ? OFFSET ?"
-    );
-    let mut rows = sqlx::query_as::<_, BuildRow>(sqlx::AssertSqlSafe(sql));
-    for v in apps.iter().chain(&states) {
-        rows = rows.bind(v);
-    }
-    let builds = rows.bind(limit).bind(offset).fetch_all(&s.db).await?;
-    let resources = builds.iter().map(|b| build_json(&s, b)).collect();
+    let filters = [
+        Filter {
+            sql: "app_guid IN ({})",
+            param: "app_guids",
+            values: filter_values(&q.app_guids),
+        },
+        Filter {
+            sql: "state IN ({})",
+            param: "states",
+            values: filter_values(&q.states),
+        },
+    ];
+    let page: Page<BuildRow> = listing::page(
+        &s,
+        BUILD_COLUMNS,
+        "builds",
+        "created_at, guid",
+        &filters,
+        &paging,
+    )
+    .await?;
+    let resources = page.rows.iter().map(|b| build_json(&s, b)).collect();
     Ok(Json(list_body(
         &s,
         "/v3/builds",
-        &qs.join("&"),
+        &page.query,
         &paging,
-        total,
+        page.total,
         resources,
     )))
 }
@@ -287,24 +273,27 @@ pub async fn app_droplets(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
-    let (limit, offset) = q.limits()?;
-    let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM droplets WHERE app_guid = ?")
-        .bind(&app)
-        .fetch_one(&s.db)
-        .await?;
-    let rows: Vec<DropletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {DROPLET_COLUMNS} FROM droplets WHERE app_guid = ? ORDER BY created_at, guid LIMIT ? OFFSET ?")))
-        .bind(&app)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&s.db)
-        .await?;
-    let resources = rows.iter().map(|d| droplet_json(&s, d)).collect();
+    let filters = [Filter {
+        sql: "app_guid IN ({})",
+        param: "",
+        values: vec![app.clone()],
+    }];
+    let page: Page<DropletRow> = listing::page(
+        &s,
+        DROPLET_COLUMNS,
+        "droplets",
+        "created_at, guid",
+        &filters,
+        &q,
+    )
+    .await?;
+    let resources = page.rows.iter().map(|d| droplet_json(&s, d)).collect();
     Ok(Json(list_body(
         &s,
         &format!("/v3/apps/{app}/droplets"),
         "",
         &q,
-        total.0,
+        page.total,
         resources,
     )))
 }

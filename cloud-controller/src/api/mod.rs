@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod builds;
 mod internal;
+mod listing;
 mod logs;
 pub mod packages;
 pub mod processes;

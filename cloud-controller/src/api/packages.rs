@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::listing::{self, Filter, Page};
 use super::{link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::blobstore::{BlobError, Blobstore};
@@ -114,24 +115,20 @@ pub async fn app_packages(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
-    let (limit, offset) = q.limits()?;
-    let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM packages WHERE app_guid = ?")
-        .bind(&app)
-        .fetch_one(&s.db)
-        .await?;
-    let rows: Vec<PackageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM packages WHERE app_guid = ? ORDER BY created_at, guid LIMIT ? OFFSET ?")))
-        .bind(&app)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&s.db)
-        .await?;
-    let resources = rows.iter().map(|p| package_json(&s, p)).collect();
+    let filters = [Filter {
+        sql: "app_guid IN ({})",
+        param: "",
+        values: vec![app.clone()],
+    }];
+    let page: Page<PackageRow> =
+        listing::page(&s, COLUMNS, "packages", "created_at, guid", &filters, &q).await?;
+    let resources = page.rows.iter().map(|p| package_json(&s, p)).collect();
     Ok(Json(list_body(
         &s,
         &format!("/v3/apps/{app}/packages"),
         "",
         &q,
-        total.0,
+        page.total,
         resources,
     )))
 }

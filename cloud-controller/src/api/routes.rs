@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::listing::{self, Filter, Page};
 use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
@@ -128,7 +129,8 @@ struct RouteRow {
     updated_at: String,
 }
 
-const ROUTE_SELECT: &str = "SELECT r.guid, r.host, r.path, r.domain_guid, d.name AS domain_name, r.space_guid, r.created_at, r.updated_at FROM routes r JOIN domains d ON d.guid = r.domain_guid";
+const ROUTE_COLUMNS: &str = "r.guid, r.host, r.path, r.domain_guid, d.name AS domain_name, r.space_guid, r.created_at, r.updated_at";
+const ROUTE_FROM: &str = "routes r JOIN domains d ON d.guid = r.domain_guid";
 
 async fn route_json(s: &AppState, r: &RouteRow) -> ApiResult<Value> {
     let dests: Vec<(String, String, String, i64)> = sqlx::query_as("SELECT guid, app_guid, process_type, port FROM route_destinations WHERE route_guid = ? ORDER BY guid")
@@ -148,7 +150,7 @@ async fn route_json(s: &AppState, r: &RouteRow) -> ApiResult<Value> {
 
 async fn find_route(s: &AppState, guid: &str) -> ApiResult<RouteRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{ROUTE_SELECT} WHERE r.guid = ?"
+        "SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid = ?"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -251,52 +253,37 @@ pub async fn list(
         page: q.page,
         per_page: q.per_page,
     };
-    let (limit, offset) = paging.limits()?;
-    let hosts = filter_values(&q.hosts);
-    let apps = filter_values(&q.app_guids);
-    let mut filter = String::from(" WHERE 1 = 1");
-    let mut qs = Vec::new();
-    if !hosts.is_empty() {
-        filter.push_str(&format!(
-            " AND r.host IN ({})",
-            vec!["?"; hosts.len()].join(", ")
-        ));
-        qs.push(format!("hosts={}", super::encode_query(&hosts.join(","))));
-    }
-    if !apps.is_empty() {
-        filter.push_str(&format!(
-            " AND r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid IN ({}))",
-            vec!["?"; apps.len()].join(", ")
-        ));
-        qs.push(format!(
-            "app_guids={}",
-            super::encode_query(&apps.join(","))
-        ));
-    }
-    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM routes r{filter}"
-    )));
-    for v in hosts.iter().chain(&apps) {
-        count = count.bind(v);
-    }
-    let total = count.fetch_one(&s.db).await?.0;
-    let mut rows = sqlx::query_as::<_, RouteRow>(sqlx::AssertSqlSafe(format!(
-        "{ROUTE_SELECT}{filter} ORDER BY r.created_at, r.guid LIMIT ? OFFSET ?"
-    )));
-    for v in hosts.iter().chain(&apps) {
-        rows = rows.bind(v);
-    }
-    let routes = rows.bind(limit).bind(offset).fetch_all(&s.db).await?;
+    let filters = [
+        Filter {
+            sql: "r.host IN ({})",
+            param: "hosts",
+            values: filter_values(&q.hosts),
+        },
+        Filter {
+            sql: "r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid IN ({}))",
+            param: "app_guids",
+            values: filter_values(&q.app_guids),
+        },
+    ];
+    let page: Page<RouteRow> = listing::page(
+        &s,
+        ROUTE_COLUMNS,
+        ROUTE_FROM,
+        "r.created_at, r.guid",
+        &filters,
+        &paging,
+    )
+    .await?;
     let mut resources = Vec::new();
-    for r in &routes {
+    for r in &page.rows {
         resources.push(route_json(&s, r).await?);
     }
     Ok(Json(list_body(
         &s,
         "/v3/routes",
-        &qs.join("&"),
+        &page.query,
         &paging,
-        total,
+        page.total,
         resources,
     )))
 }
@@ -376,8 +363,7 @@ pub async fn app_routes(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
-    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{ROUTE_SELECT} WHERE r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid = ?) ORDER BY r.created_at"
+    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid = ?) ORDER BY r.created_at"
     )))
     .bind(&app)
     .fetch_all(&s.db)
