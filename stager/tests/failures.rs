@@ -396,7 +396,9 @@ async fn background_processes_and_endless_lines_neither_hang_staging_nor_flood_t
     assert!(!lines.iter().any(|l| l.text == "late"));
 }
 
-#[tokio::test]
+// Multi-threaded: the background destroy must be able to finish while the fixture's drop
+// waits for the data dir's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_staging_destroys_its_container() {
     let fx = Fixture::new(56).await;
     let src = app(&fx.path("app"), &[("x", "1")]);

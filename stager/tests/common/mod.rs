@@ -177,9 +177,24 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // SAFETY: `backend` is not used after this; drop runs once.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
-        if let Err(e) = Backend::destroy_all(&self.config) {
-            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        // A task the test started (an abandoned staging's destroy) may still hold a handle on
+        // the backend, and with it the data dir's lock, for a moment.
+        for _ in 0..100 {
+            match Backend::destroy_all(&self.config) {
+                Err(kiln_containers::Error::DataDirInUse(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => {
+                    eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+                    return;
+                }
+                Ok(()) => return,
+            }
         }
+        eprintln!(
+            "cleaning up {}: the data dir stayed in use",
+            self.config.data_dir.display()
+        );
     }
 }
 
