@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::db::Db;
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
@@ -17,7 +18,6 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use sqlx::SqlitePool;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -161,7 +161,7 @@ pub async fn check_password(password: String, hash: Option<String>) -> bool {
 }
 
 /// Creates the `admin` user on first start; returns its generated password then (else None).
-pub async fn ensure_admin(db: &SqlitePool, data_dir: &Path) -> anyhow::Result<Option<String>> {
+pub async fn ensure_admin(db: &Db, data_dir: &Path) -> anyhow::Result<Option<String>> {
     let exists: Option<(String,)> =
         sqlx::query_as("SELECT guid FROM users WHERE username = 'admin'")
             .fetch_optional(db)
@@ -178,7 +178,7 @@ pub async fn ensure_admin(db: &SqlitePool, data_dir: &Path) -> anyhow::Result<Op
         format!("{password}\n").as_bytes(),
     )?;
     sqlx::query(
-        "INSERT INTO users (guid, username, password_hash, created_at) VALUES (?, 'admin', ?, ?)",
+        "INSERT INTO users (guid, username, password_hash, created_at) VALUES ($1, 'admin', $2, $3)",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(hash)

@@ -10,6 +10,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the API listens.
     pub listen: SocketAddr,
+    /// The URL clients reach the API at (`https://api.example.com`), used in links; by
+    /// default `http://<listen address>`.
+    pub external_url: Option<String>,
+    /// A PostgreSQL URL (`postgres://user:password@host:port/database`); none: SQLite in the
+    /// data dir.
+    pub database_url: Option<String>,
     /// The address stagers and cells use to reach the internal endpoints
     /// (`http://host:port`); by default the listen address.
     pub internal_url: Option<String>,
@@ -38,6 +44,8 @@ impl Config {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 9022)),
             internal_url: None,
+            external_url: None,
+            database_url: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             default_domain: "apps.kiln.local".into(),
             default_stack: "bookworm".into(),

@@ -13,9 +13,10 @@ pub mod package_check;
 pub mod staging;
 pub mod state;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use rand::RngCore;
 
 pub use config::Config;
@@ -24,15 +25,66 @@ use state::AppState;
 /// A started controller: where it listens and its admin password on first start.
 pub struct Started {
     /// The bound address.
-    pub addr: std::net::SocketAddr,
+    pub addr: SocketAddr,
     /// The admin password, only on the first start (also in `<data>/admin-password`).
     pub admin_password: Option<String>,
     /// The server; completes when it stops.
-    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Why the controller could not start; each names what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A file or directory of the data dir.
+    #[error("{path}: {source} (is the data dir writable by this user?)")]
+    DataDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database.
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    /// A first-start query.
+    #[error("preparing the database: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The admin user could not be made.
+    #[error("creating the admin user: {0}")]
+    Admin(String),
+    /// The blobstore.
+    #[error("the blobstore: {0}")]
+    Blobstore(#[from] blobstore::BlobError),
+    /// The bus.
+    #[error("connecting to NATS at {url}: {source} (is nats-server running there?)")]
+    Nats {
+        /// The NATS URL.
+        url: String,
+        /// The error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The listen address.
+    #[error("listening on {addr}: {source} (is another process using it?)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn data_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The internal credential in `<data>/internal-token`, made on first start (mode 0600).
-pub fn internal_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+pub fn internal_token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join("internal-token");
     if let Ok(t) = std::fs::read_to_string(&path) {
         if t.trim().len() >= 32 {
@@ -42,46 +94,55 @@ pub fn internal_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    auth::write_private(&path, token.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    auth::write_private(&path, token.as_bytes())?;
     Ok(token)
 }
 
 /// Opens the database and blobstore, connects to the bus, binds, and serves in the background.
-pub async fn start(config: Config) -> anyhow::Result<Started> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let db = db::open(&config.data_dir)
+pub async fn start(config: Config) -> Result<Started, StartError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(data_err(&data_dir))?;
+    let db = db::open(config.database_url.as_deref(), &data_dir).await?;
+    let default_domain = api::routes::ensure_default_domain(&db, &config.default_domain).await?;
+    let admin_password = auth::ensure_admin(&db, &data_dir)
         .await
-        .context("opening the database")?;
-    let default_domain = api::routes::ensure_default_domain(&db, &config.default_domain)
-        .await
-        .context("the default domain")?;
-    let admin_password = auth::ensure_admin(&db, &config.data_dir)
-        .await
-        .context("creating the admin user")?;
-    let blobs = blobstore::LocalBlobstore::open(config.data_dir.join("blobs"))?;
+        .map_err(|e| StartError::Admin(e.to_string()))?;
+    let blobs = blobstore::LocalBlobstore::open(data_dir.join("blobs"))?;
     // A restart loses nothing: an upload in progress when the controller stopped is FAILED.
     blobs.sweep_partials()?;
-    sqlx::query("UPDATE packages SET state = 'FAILED', error = 'the controller restarted during the upload: upload again', updated_at = ? WHERE state = 'PROCESSING_UPLOAD'")
+    sqlx::query("UPDATE packages SET state = 'FAILED', error = 'the controller restarted during the upload: upload again', updated_at = $1 WHERE state = 'PROCESSING_UPLOAD'")
         .bind(state::now())
         .execute(&db)
         .await?;
-    let tokens = auth::TokenKey::load_or_create(&config.data_dir.join("token-key"))
-        .context("the token key")?;
-    let internal = internal_token(&config.data_dir)?;
+    let key_path = data_dir.join("token-key");
+    let tokens = auth::TokenKey::load_or_create(&key_path).map_err(data_err(&key_path))?;
+    let internal = internal_token(&data_dir).map_err(data_err(&data_dir))?;
     let nats = async_nats::connect(&config.nats_url)
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        .map_err(|source| StartError::Nats {
+            url: config.nats_url.clone(),
+            source,
+        })?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let base_url: Arc<str> = format!("http://{addr}").into();
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let base_url: Arc<str> = config
+        .external_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .into();
     let internal_url: Arc<str> = config
         .internal_url
         .clone()
-        .map_or(base_url.clone(), Into::into);
+        .map_or_else(|| format!("http://{addr}").into(), Into::into);
     let state = AppState {
         db,
         blobs,
@@ -102,7 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Started> {
         let served = axum::serve(listener, app).await;
         bus.abort();
         log_feed.abort();
-        served.context("serving the API")
+        served
     });
     Ok(Started {
         addr,

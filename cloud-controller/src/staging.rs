@@ -61,13 +61,13 @@ async fn fail(s: &AppState, build: &str, reason: &str) -> Result<(), sqlx::Error
     tracing::warn!(build, reason, "build failed");
     let t = now();
     let mut tx = s.db.begin().await?;
-    sqlx::query("UPDATE builds SET state = 'FAILED', error = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+    sqlx::query("UPDATE builds SET state = 'FAILED', error = $1, updated_at = $2 WHERE guid = $3 AND state = 'STAGING'")
         .bind(reason)
         .bind(&t)
         .bind(build)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE droplets SET state = 'FAILED', error = ?, updated_at = ? WHERE build_guid = ? AND state = 'STAGING'")
+    sqlx::query("UPDATE droplets SET state = 'FAILED', error = $1, updated_at = $2 WHERE build_guid = $3 AND state = 'STAGING'")
         .bind(reason)
         .bind(&t)
         .bind(build)
@@ -167,7 +167,7 @@ pub async fn run(s: AppState) -> anyhow::Result<()> {
                     if let Ok(mut st) = stagers.lock() {
                         st.accepted(&a);
                     }
-                    let _ = sqlx::query("UPDATE builds SET stager_id = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+                    let _ = sqlx::query("UPDATE builds SET stager_id = $1, updated_at = $2 WHERE guid = $3 AND state = 'STAGING'")
                         .bind(&a.stager_id)
                         .bind(now())
                         .bind(&a.build_guid)
@@ -203,7 +203,7 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
         StagingOutcome::Staged(d) => d,
     };
     let uploaded: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT guid, sha256 FROM droplets WHERE build_guid = ?")
+        sqlx::query_as("SELECT guid, sha256 FROM droplets WHERE build_guid = $1")
             .bind(&r.build_guid)
             .fetch_optional(&s.db)
             .await?;
@@ -230,7 +230,7 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
     let mut tx = s.db.begin().await?;
     // The build first: a result for a build already FAILED (by the watchdog) changes nothing,
     // and its droplet never becomes STAGED.
-    let build = sqlx::query("UPDATE builds SET state = 'STAGED', droplet_guid = ?, updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+    let build = sqlx::query("UPDATE builds SET state = 'STAGED', droplet_guid = $1, updated_at = $2 WHERE guid = $3 AND state = 'STAGING'")
         .bind(&droplet)
         .bind(&t)
         .bind(&r.build_guid)
@@ -240,7 +240,7 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
         tracing::warn!(build = %r.build_guid, "a staging result for a build that is no longer STAGING");
         return Ok(());
     }
-    sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = ?, buildpacks = ?, process_types = ?, start_command = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = $1, buildpacks = $2, process_types = $3, start_command = $4, updated_at = $5 WHERE guid = $6")
         .bind(&d.detected_buildpack)
         .bind(serde_json::to_string(&d.buildpacks).unwrap_or_default())
         .bind(serde_json::to_string(&d.process_types).unwrap_or_default())

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 
 use crate::auth::TokenKey;
 use crate::blobstore::LocalBlobstore;
@@ -12,7 +12,7 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct AppState {
     /// The database.
-    pub db: SqlitePool,
+    pub db: Db,
     /// Packages, droplets, caches.
     pub blobs: LocalBlobstore,
     /// Signs and checks user tokens.

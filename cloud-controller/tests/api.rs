@@ -1,15 +1,15 @@
-//! The API over real HTTP against a real controller (SQLite, blobstore, NATS): auth, apps,
-//! packages, builds without a stager, and the V3 error bodies.
+//! The API over real HTTP against a real controller (blobstore, NATS; each test once on SQLite
+//! and once on PostgreSQL): auth, apps, packages, builds without a stager, and the V3 error
+//! bodies.
 
 mod common;
 
-use common::{error_title, send, zip_of, Controller};
+use common::{error_title, send, zip_of, Controller, Db};
 use reqwest::Method;
 use serde_json::json;
 
-#[tokio::test]
-async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token() {
-    let cc = Controller::start().await;
+async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token(db: Db) {
+    let cc = Controller::start(db).await;
     let (status, root) = send(cc.http.get(format!("{}/", cc.url))).await;
     assert_eq!(status, 200);
     assert!(root["links"]["cloud_controller_v3"]["href"]
@@ -81,9 +81,8 @@ async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[tokio::test]
-async fn apps_are_created_listed_filtered_paged_updated_and_deleted() {
-    let cc = Controller::start().await;
+async fn apps_are_created_listed_filtered_paged_updated_and_deleted(db: Db) {
+    let cc = Controller::start(db).await;
     let space = cc.space().await;
     let (status, body) = cc.post("/v3/apps", json!({"name": "alpha", "relationships": {"space": {"data": {"guid": space}}}, "environment_variables": {"A": "1"}})).await;
     assert_eq!(status, 201, "{body}");
@@ -218,9 +217,8 @@ async fn apps_are_created_listed_filtered_paged_updated_and_deleted() {
     assert_eq!((status, error_title(&body)), (404, "CF-ResourceNotFound"));
 }
 
-#[tokio::test]
-async fn packages_upload_check_and_download_their_bits() {
-    let cc = Controller::start_with(|c| c.max_upload_bytes = 1 << 20).await;
+async fn packages_upload_check_and_download_their_bits(db: Db) {
+    let cc = Controller::start_with(db, |c| c.max_upload_bytes = 1 << 20).await;
     let app = cc.app("bits").await;
     let zip = zip_of(&[("index.html", "<h1>hi</h1>")]);
     let (status, package) = cc.upload(&app, zip.clone()).await;
@@ -290,9 +288,8 @@ async fn packages_upload_check_and_download_their_bits() {
     );
 }
 
-#[tokio::test]
-async fn a_build_no_stager_takes_fails_with_the_reason() {
-    let cc = Controller::start_with(|c| c.accept_timeout_secs = 1).await;
+async fn a_build_no_stager_takes_fails_with_the_reason(db: Db) {
+    let cc = Controller::start_with(db, |c| c.accept_timeout_secs = 1).await;
     let app = cc.app("lonely").await;
     let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
     let (status, build) = cc
@@ -331,9 +328,8 @@ async fn a_build_no_stager_takes_fails_with_the_reason() {
     );
 }
 
-#[tokio::test]
-async fn a_build_whose_stager_goes_silent_fails_naming_the_stager() {
-    let cc = Controller::start().await;
+async fn a_build_whose_stager_goes_silent_fails_naming_the_stager(db: Db) {
+    let cc = Controller::start(db).await;
     let app = cc.app("orphaned").await;
     let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
     let bus = async_nats::connect(&cc.nats.url).await.unwrap();
@@ -396,9 +392,8 @@ async fn a_build_whose_stager_goes_silent_fails_naming_the_stager() {
     assert_eq!(status, 403);
 }
 
-#[tokio::test]
-async fn apps_get_a_web_process_and_a_default_route_and_both_can_be_changed() {
-    let cc = Controller::start().await;
+async fn apps_get_a_web_process_and_a_default_route_and_both_can_be_changed(db: Db) {
+    let cc = Controller::start(db).await;
     let app = cc.app("Web App").await;
     let (_, processes) = cc.get(&format!("/v3/apps/{app}/processes")).await;
     assert_eq!(processes["pagination"]["total_results"], 1, "{processes}");
@@ -492,9 +487,8 @@ async fn apps_get_a_web_process_and_a_default_route_and_both_can_be_changed() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn staging_log_lines_on_the_bus_are_kept_and_streamed_per_app() {
-    let cc = Controller::start().await;
+async fn staging_log_lines_on_the_bus_are_kept_and_streamed_per_app(db: Db) {
+    let cc = Controller::start(db).await;
     let app = cc.app("chatty").await;
     let other = cc.app("quiet").await;
     let bus = async_nats::connect(&cc.nats.url).await.unwrap();
@@ -557,3 +551,14 @@ async fn staging_log_lines_on_the_bus_are_kept_and_streamed_per_app() {
         "{seen}"
     );
 }
+
+// Every test runs against SQLite and against PostgreSQL.
+both!(
+    every_endpoint_but_root_and_token_needs_a_valid_unexpired_token,
+    apps_are_created_listed_filtered_paged_updated_and_deleted,
+    packages_upload_check_and_download_their_bits,
+    a_build_no_stager_takes_fails_with_the_reason,
+    a_build_whose_stager_goes_silent_fails_naming_the_stager,
+    apps_get_a_web_process_and_a_default_route_and_both_can_be_changed,
+    staging_log_lines_on_the_bus_are_kept_and_streamed_per_app,
+);

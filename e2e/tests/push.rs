@@ -2,45 +2,13 @@
 //! and a stager with a container backend on the tiny stack. Test index 59 (address pool
 //! 10.244.59.0/26, ports 41180-41199).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_containers::{Backend, Config, Recovery};
+use kiln_testkit::Nats;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Digest;
-
-struct Nats(Child, String);
-
-impl Nats {
-    fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nats(child, format!("nats://127.0.0.1:{port}"))
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = r.send().await.expect("request");
@@ -71,7 +39,7 @@ async fn push_stages_on_a_real_stager_and_the_droplet_is_downloadable_and_correc
     // The controller.
     let mut config = kiln_cloud_controller::Config::new(dir.path().join("cc"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.nats_url = nats.1.clone();
+    config.nats_url = nats.url.clone();
     config.default_stack = "tiny".into();
     let cc = kiln_cloud_controller::start(config)
         .await
@@ -98,7 +66,7 @@ async fn push_stages_on_a_real_stager_and_the_droplet_is_downloadable_and_correc
         .import_stack(&tiny.dir, "tiny")
         .await
         .expect("import tiny");
-    let client = async_nats::connect(&nats.1).await.unwrap();
+    let client = async_nats::connect(&nats.url).await.unwrap();
     let mut settings = kiln_stager::service::Settings::new(
         "e2e-stager",
         vec!["tiny".into()],

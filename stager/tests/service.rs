@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,55 +23,12 @@ use kiln_bus::{
     StagerAdvertise, StagingAccepted, StagingLogLine, StagingOutcome, StagingRequest, StagingResult,
 };
 use kiln_containers::{Backend, Config, Recovery};
+use kiln_testkit::Nats;
 use sha2::{Digest, Sha256};
 
 const INDEX: u8 = 58;
 const STAGER_ID: &str = "stager-test-58";
 const TOKEN: &str = "internal-token-of-the-test";
-
-/// A `nats-server` on a free loopback port, killed (by pid) when dropped.
-struct Nats {
-    child: Child,
-    url: String,
-}
-
-impl Nats {
-    fn start(dir: &Path) -> Nats {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("nats.log")).expect("nats log");
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start /usr/sbin/nats-server");
-        let nats = Nats {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        nats
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("its address").port()
-}
 
 /// One body PUT to the fake controller: (content type, body).
 type Upload = (String, Vec<u8>);
@@ -456,7 +413,7 @@ async fn the_stager_service_stages_from_the_bus_and_stops_gracefully() {
         "the service test needs root (runc, mounts, iptables)"
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    let nats = Nats::start(dir.path());
+    let nats = Nats::start();
     let (addr, controller) = start_controller(staticfile_zip()).await;
     let base = format!("http://{addr}");
     let mut bus = Bus::connect(&nats.url).await;

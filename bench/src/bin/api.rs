@@ -5,47 +5,17 @@
 //! memory growth while a 500 MiB package is uploaded (it must stream, not buffer). `ratio` is
 //! the list p50 over the baseline p50.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::future::join_all;
 use kiln_containers::{Backend, Config, Recovery};
+use kiln_testkit::Nats;
 use serde_json::{json, Value};
 
 const CLIENTS: usize = 8;
 const REQUESTS: usize = 400;
 const PUSHES: usize = 8;
-
-struct Nats(Child, String);
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats() -> Result<Nats> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("nats-server")?;
-    let n = Nats(child, format!("nats://127.0.0.1:{port}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(n)
-}
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
@@ -70,11 +40,11 @@ fn rss_kib() -> u64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let bus = nats()?;
+    let bus = Nats::start();
     let dir = tempfile::tempdir()?;
     let mut config = kiln_cloud_controller::Config::new(dir.path().join("cc"));
     config.listen = "127.0.0.1:0".parse()?;
-    config.nats_url = bus.1.clone();
+    config.nats_url = bus.url.clone();
     config.default_stack = "tiny".into();
     config.max_upload_bytes = 600 << 20;
     let cc = kiln_cloud_controller::start(config).await?;
@@ -91,7 +61,7 @@ async fn main() -> Result<()> {
         recovery: Recovery::Destroy,
         ..Config::default()
     };
-    let result = bench(&url, &password, &bus.1, dir.path(), &backend_config).await;
+    let result = bench(&url, &password, &bus.url, dir.path(), &backend_config).await;
     cc.server.abort();
     Backend::destroy_all(&backend_config).context("cleaning up the stager's backend")?;
     println!("{}", result?);

@@ -49,7 +49,7 @@ impl AppRow {
 /// The app `guid`, or 404.
 pub async fn find(s: &AppState, guid: &str) -> ApiResult<AppRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {APP_COLUMNS} FROM apps WHERE guid = ?"
+        "SELECT {APP_COLUMNS} FROM apps WHERE guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -166,7 +166,7 @@ pub async fn create(
     check_lifecycle(&body.lifecycle)?;
     check_env(&body.environment_variables)?;
     let space = body.relationships.space.data.guid;
-    let exists: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = ?")
+    let exists: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = $1")
         .bind(&space)
         .fetch_optional(&s.db)
         .await?;
@@ -179,7 +179,7 @@ pub async fn create(
     let (guid, t) = (new_guid(), now());
     let stack = data.stack.unwrap_or_else(|| s.config.default_stack.clone());
     let inserted = sqlx::query(
-        "INSERT INTO apps (guid, name, space_guid, state, stack, buildpacks, env, droplet_guid, created_at, updated_at) VALUES (?, ?, ?, 'STOPPED', ?, ?, ?, NULL, ?, ?)",
+        "INSERT INTO apps (guid, name, space_guid, state, stack, buildpacks, env, droplet_guid, created_at, updated_at) VALUES ($1, $2, $3, 'STOPPED', $4, $5, $6, NULL, $7, $8)",
     )
     .bind(&guid)
     .bind(&body.name)
@@ -206,7 +206,7 @@ pub async fn create(
         match super::routes::create_route(&s, &host, "", &s.default_domain_guid, &space).await {
             Ok(route) => super::routes::add_destination(&s, &route, &guid, "web").await?,
             Err(e) => {
-                sqlx::query("DELETE FROM apps WHERE guid = ?")
+                sqlx::query("DELETE FROM apps WHERE guid = $1")
                     .bind(&guid)
                     .execute(&s.db)
                     .await?;
@@ -301,7 +301,7 @@ pub async fn update(
         serde_json::to_string(&b).unwrap_or_default()
     });
     let updated = sqlx::query(
-        "UPDATE apps SET name = ?, stack = ?, buildpacks = ?, updated_at = ? WHERE guid = ?",
+        "UPDATE apps SET name = $1, stack = $2, buildpacks = $3, updated_at = $4 WHERE guid = $5",
     )
     .bind(&name)
     .bind(&stack)
@@ -329,7 +329,7 @@ pub async fn delete(
     Path(guid): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     find(&s, &guid).await?;
-    sqlx::query("DELETE FROM apps WHERE guid = ?")
+    sqlx::query("DELETE FROM apps WHERE guid = $1")
         .bind(&guid)
         .execute(&s.db)
         .await?;
@@ -378,7 +378,7 @@ pub async fn update_env_vars(
         }
     }
     check_env(&env)?;
-    sqlx::query("UPDATE apps SET env = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE apps SET env = $1, updated_at = $2 WHERE guid = $3")
         .bind(serde_json::to_string(&env).unwrap_or_default())
         .bind(now())
         .bind(&guid)
@@ -415,7 +415,7 @@ async fn set_state(s: &AppState, guid: &str, state: &str) -> ApiResult<Json<Valu
             "Assign a droplet before starting this app.".into(),
         ));
     }
-    sqlx::query("UPDATE apps SET state = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE apps SET state = $1, updated_at = $2 WHERE guid = $3")
         .bind(state)
         .bind(now())
         .bind(guid)
@@ -480,7 +480,7 @@ pub async fn set_current_droplet(
 ) -> ApiResult<Json<Value>> {
     find(&s, &guid).await?;
     let droplet: Option<(String, String)> =
-        sqlx::query_as("SELECT app_guid, state FROM droplets WHERE guid = ?")
+        sqlx::query_as("SELECT app_guid, state FROM droplets WHERE guid = $1")
             .bind(&body.data.guid)
             .fetch_optional(&s.db)
             .await?;
@@ -500,7 +500,7 @@ pub async fn set_current_droplet(
     let types: BTreeMap<String, String> =
         serde_json::from_str(&droplet.process_types).unwrap_or_default();
     super::processes::sync_with_droplet(&s, &guid, &types).await?;
-    sqlx::query("UPDATE apps SET droplet_guid = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE apps SET droplet_guid = $1, updated_at = $2 WHERE guid = $3")
         .bind(&body.data.guid)
         .bind(now())
         .bind(&guid)

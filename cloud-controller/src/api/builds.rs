@@ -38,7 +38,7 @@ const BUILD_COLUMNS: &str = "guid, app_guid, package_guid, state, error, stack, 
 /// The build `guid`, or 404.
 pub async fn find(s: &AppState, guid: &str) -> ApiResult<BuildRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BUILD_COLUMNS} FROM builds WHERE guid = ?"
+        "SELECT {BUILD_COLUMNS} FROM builds WHERE guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -123,7 +123,7 @@ pub async fn create(
     let buildpacks = data.buildpacks.unwrap_or_else(|| app.buildpack_list());
     let (guid, t) = (new_guid(), now());
     sqlx::query(
-        "INSERT INTO builds (guid, app_guid, package_guid, state, error, stack, buildpacks, droplet_guid, stager_id, created_by, created_at, updated_at) VALUES (?, ?, ?, 'STAGING', NULL, ?, ?, NULL, NULL, ?, ?, ?)",
+        "INSERT INTO builds (guid, app_guid, package_guid, state, error, stack, buildpacks, droplet_guid, stager_id, created_by, created_at, updated_at) VALUES ($1, $2, $3, 'STAGING', NULL, $4, $5, NULL, NULL, $6, $7, $8)",
     )
     .bind(&guid)
     .bind(&app.guid)
@@ -224,7 +224,7 @@ const DROPLET_COLUMNS: &str = "guid, app_guid, package_guid, state, sha256, size
 /// The droplet `guid`, or 404.
 pub async fn find_droplet(s: &AppState, guid: &str) -> ApiResult<DropletRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DROPLET_COLUMNS} FROM droplets WHERE guid = ?"
+        "SELECT {DROPLET_COLUMNS} FROM droplets WHERE guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)

@@ -55,7 +55,7 @@ pub async fn upload_droplet(
     let mut tx = s.db.begin().await?;
     // Still STAGING now that the upload is complete (the watchdog may have failed it).
     let still =
-        sqlx::query("UPDATE builds SET updated_at = ? WHERE guid = ? AND state = 'STAGING'")
+        sqlx::query("UPDATE builds SET updated_at = $1 WHERE guid = $2 AND state = 'STAGING'")
             .bind(&t)
             .bind(&guid)
             .execute(&mut *tx)
@@ -66,7 +66,7 @@ pub async fn upload_droplet(
     // One droplet per build: a second upload replaces the bits of the first.
     sqlx::query(
         "INSERT INTO droplets (guid, app_guid, build_guid, package_guid, state, sha256, size, detected_buildpack, buildpacks, process_types, start_command, stack, error, created_at, updated_at)
-         VALUES (?, ?, ?, ?, 'STAGING', ?, ?, NULL, '[]', '{}', NULL, ?, NULL, ?, ?)
+         VALUES ($1, $2, $3, $4, 'STAGING', $5, $6, NULL, '[]', '{}', NULL, $7, NULL, $8, $9)
          ON CONFLICT(build_guid) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, updated_at = excluded.updated_at",
     )
     .bind(crate::state::new_guid())
@@ -80,7 +80,7 @@ pub async fn upload_droplet(
     .bind(&t)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE builds SET droplet_guid = (SELECT guid FROM droplets WHERE build_guid = ?) WHERE guid = ?")
+    sqlx::query("UPDATE builds SET droplet_guid = (SELECT guid FROM droplets WHERE build_guid = $1) WHERE guid = $2")
         .bind(&guid)
         .bind(&guid)
         .execute(&mut *tx)
@@ -108,7 +108,7 @@ pub async fn download_cache(
     Path((app, stack)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT sha256 FROM app_caches WHERE app_guid = ? AND stack = ?")
+        sqlx::query_as("SELECT sha256 FROM app_caches WHERE app_guid = $1 AND stack = $2")
             .bind(&app)
             .bind(&stack)
             .fetch_optional(&s.db)
@@ -135,7 +135,7 @@ pub async fn upload_cache(
         .await
         .map_err(stored)?;
     sqlx::query(
-        "INSERT INTO app_caches (app_guid, stack, sha256, updated_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO app_caches (app_guid, stack, sha256, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT(app_guid, stack) DO UPDATE SET sha256 = excluded.sha256, updated_at = excluded.updated_at",
     )
     .bind(&app)

@@ -1,7 +1,7 @@
 //! One page of a list endpoint: `IN (...)` filters from the query string, the total, the rows
 //! in creation order, and the query string the pagination links carry.
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{encode_query, PageQuery};
 use crate::error::ApiResult;
@@ -35,7 +35,7 @@ pub async fn page<T>(
     paging: &PageQuery,
 ) -> ApiResult<Page<T>>
 where
-    T: for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+    T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
 {
     let (limit, offset) = paging.limits()?;
     let mut clause = String::from(" WHERE 1 = 1");
@@ -43,7 +43,11 @@ where
     let mut values = Vec::new();
     for f in filters.iter().filter(|f| !f.values.is_empty()) {
         clause.push_str(" AND ");
-        clause.push_str(&f.sql.replace("{}", &vec!["?"; f.values.len()].join(", ")));
+        let first = values.len() + 1;
+        let marks: Vec<String> = (first..first + f.values.len())
+            .map(|n| format!("${n}"))
+            .collect();
+        clause.push_str(&f.sql.replace("{}", &marks.join(", ")));
         if !f.param.is_empty() {
             query.push(format!("{}={}", f.param, encode_query(&f.values.join(","))));
         }
@@ -57,7 +61,9 @@ where
     }
     let total = count.fetch_one(&s.db).await?.0;
     let mut rows = sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(format!(
-        "SELECT {columns} FROM {from}{clause} ORDER BY {order} LIMIT ? OFFSET ?"
+        "SELECT {columns} FROM {from}{clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
+        values.len() + 1,
+        values.len() + 2
     )));
     for v in &values {
         rows = rows.bind(v.clone());

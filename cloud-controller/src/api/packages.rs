@@ -35,7 +35,7 @@ const COLUMNS: &str = "guid, app_guid, kind, state, sha256, size, error, created
 /// The package `guid`, or 404.
 pub async fn find(s: &AppState, guid: &str) -> ApiResult<PackageRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM packages WHERE guid = ?"
+        "SELECT {COLUMNS} FROM packages WHERE guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -87,7 +87,7 @@ pub async fn create(
         .await
         .map_err(|_| ApiError::Unprocessable("App must exist".into()))?;
     let (guid, t) = (new_guid(), now());
-    sqlx::query("INSERT INTO packages (guid, app_guid, kind, state, created_at, updated_at) VALUES (?, ?, 'bits', 'AWAITING_UPLOAD', ?, ?)")
+    sqlx::query("INSERT INTO packages (guid, app_guid, kind, state, created_at, updated_at) VALUES ($1, $2, 'bits', 'AWAITING_UPLOAD', $3, $4)")
         .bind(&guid)
         .bind(app)
         .bind(&t)
@@ -141,7 +141,7 @@ async fn set_state(
     size: Option<i64>,
     error: Option<&str>,
 ) -> ApiResult<()> {
-    sqlx::query("UPDATE packages SET state = ?, sha256 = COALESCE(?, sha256), size = COALESCE(?, size), error = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE packages SET state = $1, sha256 = COALESCE($2, sha256), size = COALESCE($3, size), error = $4, updated_at = $5 WHERE guid = $6")
         .bind(state)
         .bind(sha256)
         .bind(size)

@@ -58,7 +58,7 @@ pub async fn ensure(s: &AppState, app: &str, kind: &str) -> ApiResult<()> {
     let t = now();
     sqlx::query(
         "INSERT INTO processes (guid, app_guid, kind, command, instances, memory_mb, disk_mb, health_check_type, created_at, updated_at)
-         VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?) ON CONFLICT(app_guid, kind) DO NOTHING",
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9) ON CONFLICT(app_guid, kind) DO NOTHING",
     )
     .bind(new_guid())
     .bind(app)
@@ -84,7 +84,7 @@ pub async fn sync_with_droplet(
     for (kind, command) in types {
         ensure(s, app, kind).await?;
         sqlx::query(
-            "UPDATE processes SET command = ?, updated_at = ? WHERE app_guid = ? AND kind = ?",
+            "UPDATE processes SET command = $1, updated_at = $2 WHERE app_guid = $3 AND kind = $4",
         )
         .bind(command)
         .bind(now())
@@ -93,19 +93,19 @@ pub async fn sync_with_droplet(
         .execute(&s.db)
         .await?;
     }
-    let existing: Vec<(String,)> = sqlx::query_as("SELECT kind FROM processes WHERE app_guid = ?")
+    let existing: Vec<(String,)> = sqlx::query_as("SELECT kind FROM processes WHERE app_guid = $1")
         .bind(app)
         .fetch_all(&s.db)
         .await?;
     for (kind,) in existing {
         if kind != "web" && !types.contains_key(&kind) {
-            sqlx::query("DELETE FROM processes WHERE app_guid = ? AND kind = ?")
+            sqlx::query("DELETE FROM processes WHERE app_guid = $1 AND kind = $2")
                 .bind(app)
                 .bind(&kind)
                 .execute(&s.db)
                 .await?;
         } else if kind == "web" && !types.contains_key("web") {
-            sqlx::query("UPDATE processes SET command = NULL WHERE app_guid = ? AND kind = 'web'")
+            sqlx::query("UPDATE processes SET command = NULL WHERE app_guid = $1 AND kind = 'web'")
                 .bind(app)
                 .execute(&s.db)
                 .await?;
@@ -116,7 +116,7 @@ pub async fn sync_with_droplet(
 
 async fn find(s: &AppState, guid: &str) -> ApiResult<ProcessRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM processes WHERE guid = ?"
+        "SELECT {COLUMNS} FROM processes WHERE guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -127,7 +127,7 @@ async fn find(s: &AppState, guid: &str) -> ApiResult<ProcessRow> {
 async fn find_by_type(s: &AppState, app: &str, kind: &str) -> ApiResult<ProcessRow> {
     super::apps::find(s, app).await?;
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM processes WHERE app_guid = ? AND kind = ?"
+        "SELECT {COLUMNS} FROM processes WHERE app_guid = $1 AND kind = $2"
     )))
     .bind(app)
     .bind(kind)
@@ -143,7 +143,7 @@ pub async fn app_processes(
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
     let rows: Vec<ProcessRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM processes WHERE app_guid = ? ORDER BY kind"
+        "SELECT {COLUMNS} FROM processes WHERE app_guid = $1 ORDER BY kind"
     )))
     .bind(&app)
     .fetch_all(&s.db)
@@ -209,7 +209,7 @@ async fn scale_process(s: &AppState, p: ProcessRow, body: Scale) -> ApiResult<Js
             "Disk in mb must be between 64 and 262144".into(),
         ));
     }
-    sqlx::query("UPDATE processes SET instances = ?, memory_mb = ?, disk_mb = ?, updated_at = ? WHERE guid = ?")
+    sqlx::query("UPDATE processes SET instances = $1, memory_mb = $2, disk_mb = $3, updated_at = $4 WHERE guid = $5")
         .bind(instances)
         .bind(memory)
         .bind(disk)

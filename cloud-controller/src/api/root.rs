@@ -60,7 +60,7 @@ pub async fn token(
                 ));
             };
             let row: Option<(String, String)> =
-                sqlx::query_as("SELECT guid, password_hash FROM users WHERE username = ?")
+                sqlx::query_as("SELECT guid, password_hash FROM users WHERE username = $1")
                     .bind(&user)
                     .fetch_optional(&s.db)
                     .await?;

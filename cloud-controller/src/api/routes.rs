@@ -16,17 +16,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
 
 /// Makes sure the configured default domain exists; returns its guid.
-pub async fn ensure_default_domain(
-    db: &sqlx::SqlitePool,
-    name: &str,
-) -> Result<String, sqlx::Error> {
-    sqlx::query("INSERT INTO domains (guid, name, created_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING")
+pub async fn ensure_default_domain(db: &crate::db::Db, name: &str) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO domains (guid, name, created_at) VALUES ($1, $2, $3) ON CONFLICT(name) DO NOTHING")
         .bind(new_guid())
         .bind(name)
         .bind(now())
         .execute(db)
         .await?;
-    let (guid,): (String,) = sqlx::query_as("SELECT guid FROM domains WHERE name = ?")
+    let (guid,): (String,) = sqlx::query_as("SELECT guid FROM domains WHERE name = $1")
         .bind(name)
         .fetch_one(db)
         .await?;
@@ -87,7 +84,7 @@ pub async fn create_route(
     check_host(host)?;
     check_path(path)?;
     let (guid, t) = (new_guid(), now());
-    let inserted = sqlx::query("INSERT INTO routes (guid, host, path, domain_guid, space_guid, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    let inserted = sqlx::query("INSERT INTO routes (guid, host, path, domain_guid, space_guid, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(&guid)
         .bind(host)
         .bind(path)
@@ -107,7 +104,7 @@ pub async fn create_route(
 
 /// Sends route `route` to process `process` of `app`.
 pub async fn add_destination(s: &AppState, route: &str, app: &str, process: &str) -> ApiResult<()> {
-    sqlx::query("INSERT INTO route_destinations (guid, route_guid, app_guid, process_type, port) VALUES (?, ?, ?, ?, 8080) ON CONFLICT DO NOTHING")
+    sqlx::query("INSERT INTO route_destinations (guid, route_guid, app_guid, process_type, port) VALUES ($1, $2, $3, $4, 8080) ON CONFLICT DO NOTHING")
         .bind(new_guid())
         .bind(route)
         .bind(app)
@@ -133,7 +130,7 @@ const ROUTE_COLUMNS: &str = "r.guid, r.host, r.path, r.domain_guid, d.name AS do
 const ROUTE_FROM: &str = "routes r JOIN domains d ON d.guid = r.domain_guid";
 
 async fn route_json(s: &AppState, r: &RouteRow) -> ApiResult<Value> {
-    let dests: Vec<(String, String, String, i64)> = sqlx::query_as("SELECT guid, app_guid, process_type, port FROM route_destinations WHERE route_guid = ? ORDER BY guid")
+    let dests: Vec<(String, String, String, i64)> = sqlx::query_as("SELECT guid, app_guid, process_type, port FROM route_destinations WHERE route_guid = $1 ORDER BY guid")
         .bind(&r.guid)
         .fetch_all(&s.db)
         .await?;
@@ -150,7 +147,7 @@ async fn route_json(s: &AppState, r: &RouteRow) -> ApiResult<Value> {
 
 async fn find_route(s: &AppState, guid: &str) -> ApiResult<RouteRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid = ?"
+        "SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid = $1"
     )))
     .bind(guid)
     .fetch_optional(&s.db)
@@ -168,7 +165,7 @@ pub async fn list_domains(
         .fetch_one(&s.db)
         .await?;
     let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT guid, name, created_at FROM domains ORDER BY created_at, guid LIMIT ? OFFSET ?",
+        "SELECT guid, name, created_at FROM domains ORDER BY created_at, guid LIMIT $1 OFFSET $2",
     )
     .bind(limit)
     .bind(offset)
@@ -208,14 +205,14 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let domain = body.relationships.domain.data_guid();
     let space = body.relationships.space.data_guid();
-    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM domains WHERE guid = ?")
+    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM domains WHERE guid = $1")
         .bind(domain)
         .fetch_optional(&s.db)
         .await?;
     known.ok_or_else(|| {
         ApiError::Unprocessable("Invalid domain. Ensure that the domain exists.".into())
     })?;
-    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = ?")
+    let known: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = $1")
         .bind(space)
         .fetch_optional(&s.db)
         .await?;
@@ -303,7 +300,7 @@ pub async fn delete(
     Path(guid): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     find_route(&s, &guid).await?;
-    sqlx::query("DELETE FROM routes WHERE guid = ?")
+    sqlx::query("DELETE FROM routes WHERE guid = $1")
         .bind(&guid)
         .execute(&s.db)
         .await?;
@@ -363,7 +360,7 @@ pub async fn app_routes(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Value>> {
     super::apps::find(&s, &app).await?;
-    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid = ?) ORDER BY r.created_at"
+    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ROUTE_COLUMNS} FROM {ROUTE_FROM} WHERE r.guid IN (SELECT route_guid FROM route_destinations WHERE app_guid = $1) ORDER BY r.created_at"
     )))
     .bind(&app)
     .fetch_all(&s.db)

@@ -39,7 +39,7 @@ pub async fn list_orgs(
     let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM organizations")
         .fetch_one(&s.db)
         .await?;
-    let rows: Vec<OrgRow> = sqlx::query_as("SELECT guid, name, created_at, updated_at FROM organizations ORDER BY created_at, guid LIMIT ? OFFSET ?")
+    let rows: Vec<OrgRow> = sqlx::query_as("SELECT guid, name, created_at, updated_at FROM organizations ORDER BY created_at, guid LIMIT $1 OFFSET $2")
         .bind(limit)
         .bind(offset)
         .fetch_all(&s.db)
@@ -61,7 +61,7 @@ pub async fn get_org(
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let row: Option<OrgRow> = sqlx::query_as(
-        "SELECT guid, name, created_at, updated_at FROM organizations WHERE guid = ?",
+        "SELECT guid, name, created_at, updated_at FROM organizations WHERE guid = $1",
     )
     .bind(&guid)
     .fetch_optional(&s.db)
@@ -81,7 +81,7 @@ pub async fn list_spaces(
     let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM spaces")
         .fetch_one(&s.db)
         .await?;
-    let rows: Vec<SpaceRow> = sqlx::query_as("SELECT guid, name, org_guid, created_at, updated_at FROM spaces ORDER BY created_at, guid LIMIT ? OFFSET ?")
+    let rows: Vec<SpaceRow> = sqlx::query_as("SELECT guid, name, org_guid, created_at, updated_at FROM spaces ORDER BY created_at, guid LIMIT $1 OFFSET $2")
         .bind(limit)
         .bind(offset)
         .fetch_all(&s.db)
@@ -103,7 +103,7 @@ pub async fn get_space(
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let row: Option<SpaceRow> = sqlx::query_as(
-        "SELECT guid, name, org_guid, created_at, updated_at FROM spaces WHERE guid = ?",
+        "SELECT guid, name, org_guid, created_at, updated_at FROM spaces WHERE guid = $1",
     )
     .bind(&guid)
     .fetch_optional(&s.db)

@@ -19,6 +19,12 @@ struct Args {
     /// The NATS server.
     #[arg(long, env = "KILN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// PostgreSQL URL (postgres://user:password@host:port/db); default: SQLite in the data dir.
+    #[arg(long, env = "KILN_CC_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The URL clients reach the API at, for links (default: http://<listen>).
+    #[arg(long, env = "KILN_CC_EXTERNAL_URL")]
+    external_url: Option<String>,
     /// Base URL stagers and cells use for the internal endpoints (default: the listen address).
     #[arg(long, env = "KILN_CC_INTERNAL_URL")]
     internal_url: Option<String>,
@@ -50,6 +56,8 @@ async fn main() -> Result<()> {
     config.listen = args.listen;
     config.nats_url = args.nats;
     config.internal_url = args.internal_url;
+    config.external_url = args.external_url;
+    config.database_url = args.database_url;
     config.default_domain = args.default_domain;
     config.default_stack = args.default_stack;
     config.max_upload_bytes = args.max_upload_mb << 20;

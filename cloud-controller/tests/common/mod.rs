@@ -3,53 +3,39 @@
 //! admin.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `nats-server` of the test's own, killed on drop.
-pub struct Nats {
-    child: Child,
-    pub url: String,
+pub use kiln_testkit::Nats;
+
+/// The database a test's controller uses.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    /// SQLite in the data dir (the default).
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL server.
+    Postgres,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Nats {
-    pub fn start() -> Nats {
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (deploy/setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+/// Defines, for each named `async fn(Db)`, a test against SQLite (`sqlite::<name>`) and one
+/// against PostgreSQL (`postgres::<name>`).
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Db::Sqlite).await
+            })*
         }
-        Nats {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Db::Postgres).await
+            })*
         }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    };
 }
 
 /// A running controller and an admin client.
@@ -59,22 +45,28 @@ pub struct Controller {
     pub token: String,
     pub http: reqwest::Client,
     pub nats: Nats,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Controller {
-    pub async fn start() -> Controller {
-        Self::start_with(|_| {}).await
+    pub async fn start(db: Db) -> Controller {
+        Self::start_with(db, |_| {}).await
     }
 
-    pub async fn start_with(tune: impl FnOnce(&mut kiln_cloud_controller::Config)) -> Controller {
+    pub async fn start_with(
+        db: Db,
+        tune: impl FnOnce(&mut kiln_cloud_controller::Config),
+    ) -> Controller {
         let nats = Nats::start();
         let dir = tempfile::tempdir().unwrap();
         let mut config = kiln_cloud_controller::Config::new(dir.path().join("cc"));
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.nats_url = nats.url.clone();
         config.default_stack = "tiny".into();
+        if let Db::Postgres = db {
+            config.database_url = Some(kiln_testkit::postgres_database());
+        }
         tune(&mut config);
         let data_dir = config.data_dir.clone();
         let started = kiln_cloud_controller::start(config)
