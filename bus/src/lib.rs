@@ -8,6 +8,8 @@
 //! on [`STAGER_ADVERTISE`] every [`ADVERTISE_INTERVAL_SECS`], listing the builds they are
 //! running, so the controller can fail a build whose stager went silent.
 
+pub mod router;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
