@@ -8,6 +8,7 @@
 //! on [`STAGER_ADVERTISE`] every [`ADVERTISE_INTERVAL_SECS`], listing the builds they are
 //! running, so the controller can fail a build whose stager went silent.
 
+pub mod cell;
 pub mod router;
 
 use std::collections::BTreeMap;
@@ -58,9 +59,16 @@ pub struct StagingRequest {
     pub app_guid: String,
     /// The stack to stage on.
     pub stack: String,
-    /// Buildpacks by name (built-in) in order; empty: detect.
+    /// Buildpacks by name in order, as the app or build names them (all of them run); empty:
+    /// detect.
     #[serde(default)]
     pub buildpacks: Vec<String>,
+    /// The buildpacks as the controller resolved them: with `buildpacks` named, one per name in
+    /// the same order; with none named, the candidates for detection in priority order (the
+    /// first whose detect accepts the app runs). Empty (from an older controller): `buildpacks`
+    /// are the stager's built-ins, and detection is among all of them.
+    #[serde(default)]
+    pub buildpack_refs: Vec<BuildpackRef>,
     /// The app's environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -85,6 +93,21 @@ pub struct StagingRequest {
     /// Egress allowed while staging.
     #[serde(default)]
     pub egress: Vec<EgressRule>,
+}
+
+/// One buildpack of a staging, as the controller resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildpackRef {
+    /// Its name (letters, digits, `_`, `-`): what the log and the droplet call it.
+    pub name: String,
+    /// sha256 of its zip, hex; what the stager checks the download against and caches it by.
+    /// None for a built-in.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Where the stager GETs its zip (internal credential required). None: the stager's
+    /// built-in buildpack of that name.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// A stager took a build.

@@ -121,6 +121,60 @@ impl LocalBlobstore {
     }
 }
 
+/// What a garbage collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+fn is_digest(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl LocalBlobstore {
+    /// Removes every blob not in `keep` whose file is older than `grace` (so a blob stored a
+    /// moment ago, whose record is about to be written, stays). Only `<aa>/<sha256>` files are
+    /// considered; anything else under the root is left alone.
+    pub fn collect_garbage(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<Collected, BlobError> {
+        let mut collected = Collected::default();
+        let shards = std::fs::read_dir(&self.root).map_err(Self::io(&self.root))?;
+        for shard in shards.flatten() {
+            let name = shard.file_name();
+            let is_shard = name.len() == 2
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !is_shard || !shard.path().is_dir() {
+                continue;
+            }
+            let dir = shard.path();
+            for blob in std::fs::read_dir(&dir).map_err(Self::io(&dir))?.flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if !is_digest(&name) || keep.contains(&name) {
+                    continue;
+                }
+                let Ok(meta) = blob.metadata() else { continue };
+                let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+                if age.is_none_or(|a| a < grace) {
+                    continue;
+                }
+                if std::fs::remove_file(blob.path()).is_ok() {
+                    collected.blobs += 1;
+                    collected.bytes += meta.len();
+                }
+            }
+        }
+        Ok(collected)
+    }
+}
+
 impl Blobstore for LocalBlobstore {
     async fn put<S, E>(&self, mut stream: S, limit: u64) -> Result<Blob, BlobError>
     where
@@ -231,5 +285,47 @@ mod tests {
             store.open_verified("../etc/passwd").await,
             Err(BlobError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_removes_only_old_unreferenced_blobs() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobstore::open(dir.path()).unwrap();
+        let kept = store.put(chunks(&[b"kept"]), 100).await.unwrap();
+        let old = store.put(chunks(&[b"old garbage"]), 100).await.unwrap();
+        let new = store.put(chunks(&[b"new"]), 100).await.unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for b in [&kept, &old] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(store.path_of(&b.sha256))
+                .unwrap();
+            f.set_modified(hour_ago).unwrap();
+        }
+        let other = dir.path().join("resources");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("x"), "not a blob").unwrap();
+        let keep = [kept.sha256.clone()].into_iter().collect();
+        let collected = store
+            .collect_garbage(&keep, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            collected,
+            Collected {
+                blobs: 1,
+                bytes: 11
+            }
+        );
+        assert!(store.open_verified(&kept.sha256).await.is_ok());
+        assert!(
+            store.open_verified(&new.sha256).await.is_ok(),
+            "inside the grace period"
+        );
+        assert!(matches!(
+            store.open_verified(&old.sha256).await,
+            Err(BlobError::NotFound(_))
+        ));
+        assert!(other.join("x").exists(), "files that are not blobs stay");
     }
 }

@@ -25,8 +25,14 @@ pub struct Config {
     pub default_domain: String,
     /// The stack apps stage on unless they say otherwise.
     pub default_stack: String,
+    /// The stacks there are (name, description), besides those stagers advertise.
+    pub stacks: Vec<(String, String)>,
     /// The largest upload accepted (packages, droplets), in bytes.
     pub max_upload_bytes: u64,
+    /// The smallest file kept in the resource pool (and so matched by `resource_matches`).
+    pub resource_pool_min_bytes: u64,
+    /// The largest file kept in the resource pool.
+    pub resource_pool_max_bytes: u64,
     /// Staging limits sent with each staging.
     pub staging_memory_mb: u64,
     /// Staging limits sent with each staging.
@@ -35,6 +41,16 @@ pub struct Config {
     pub staging_timeout_secs: u64,
     /// How long a build waits for a stager to accept it before it fails.
     pub accept_timeout_secs: u64,
+    /// The stagers' built-in buildpacks, made admin buildpacks (READY, any stack) at the first
+    /// start in this order, which is their detection order; later starts add only missing ones.
+    pub builtin_buildpacks: Vec<String>,
+    /// How long after start convergence waits before acting, so cells can list what they
+    /// already run (default: a listing interval and a second).
+    pub converge_settle_ms: u64,
+    /// How often unreferenced blobs are removed.
+    pub blob_gc_interval_secs: u64,
+    /// How old an unreferenced blob must be to be removed.
+    pub blob_gc_grace_secs: u64,
 }
 
 impl Config {
@@ -49,11 +65,36 @@ impl Config {
             nats_url: "nats://127.0.0.1:4222".into(),
             default_domain: "apps.kiln.local".into(),
             default_stack: "bookworm".into(),
+            stacks: vec![
+                (
+                    "bookworm".into(),
+                    "Debian 12 (bookworm) with bash, python3 and nodejs".into(),
+                ),
+                (
+                    "tiny".into(),
+                    "busybox only: static binaries and shell scripts".into(),
+                ),
+            ],
             max_upload_bytes: 1 << 30,
+            resource_pool_min_bytes: 1,
+            resource_pool_max_bytes: 512 << 20,
             staging_memory_mb: 1024,
             staging_disk_mb: 4096,
             staging_timeout_secs: 900,
             accept_timeout_secs: 30,
+            // Detection order: the first buildpack whose detect accepts the app stages it. An
+            // app shows what it is by the files of its language (requirements.txt,
+            // package.json), then by a Procfile (binary: a program in the app; procfile: one
+            // of the stack), while staticfile takes any app with an index.html at its root,
+            // the weakest sign: most specific first, staticfile last, so an app with an
+            // index.html among its files is not served as a static site by mistake (also
+            // when an admin puts a buildpack of their own between these).
+            builtin_buildpacks: ["python", "nodejs", "binary", "procfile", "staticfile"]
+                .map(String::from)
+                .to_vec(),
+            converge_settle_ms: (kiln_bus::cell::INSTANCES_INTERVAL_SECS + 1) * 1000,
+            blob_gc_interval_secs: 3600,
+            blob_gc_grace_secs: 3600,
         }
     }
 }

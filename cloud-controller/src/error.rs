@@ -15,9 +15,6 @@ pub enum ApiError {
     /// 401: a token that is not valid (bad signature, expired, malformed).
     #[error("Invalid Auth Token: {0}")]
     InvalidAuthToken(String),
-    /// 401 on the token endpoint: bad credentials.
-    #[error("Bad credentials")]
-    BadCredentials,
     /// 403.
     #[error("You are not authorized to perform the requested action")]
     Forbidden,
@@ -48,7 +45,6 @@ impl ApiError {
             ApiError::InvalidAuthToken(_) => {
                 (StatusCode::UNAUTHORIZED, 1000, "CF-InvalidAuthToken")
             }
-            ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, 1000, "CF-BadCredentials"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, 10003, "CF-NotAuthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 10010, "CF-ResourceNotFound"),
             ApiError::Unprocessable(_) => (

@@ -3,8 +3,11 @@
 //! builds through stagers on the NATS bus.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod blob_gc;
 pub mod blobstore;
+pub mod cells;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -16,6 +19,7 @@ pub mod state;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::RngCore;
 
@@ -104,6 +108,8 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     std::fs::create_dir_all(&data_dir).map_err(data_err(&data_dir))?;
     let db = db::open(config.database_url.as_deref(), &data_dir).await?;
     let default_domain = api::routes::ensure_default_domain(&db, &config.default_domain).await?;
+    api::stacks::ensure_configured(&db, &config.stacks).await?;
+    api::buildpacks::seed(&db, &config.builtin_buildpacks).await?;
     let admin_password = auth::ensure_admin(&db, &data_dir)
         .await
         .map_err(|e| StartError::Admin(e.to_string()))?;
@@ -154,8 +160,17 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         internal_url,
         default_domain_guid: default_domain.into(),
         logs: Arc::default(),
+        cells: Arc::default(),
     };
     let bus = tokio::spawn(staging::run(state.clone()));
+    let follow_cells = tokio::spawn(cells::follow(state.clone()));
+    let settle = Duration::from_millis(state.config.converge_settle_ms);
+    let converge = tokio::spawn(cells::converge::run(state.clone(), settle));
+    let gc = tokio::spawn(blob_gc::run(
+        state.clone(),
+        Duration::from_secs(state.config.blob_gc_interval_secs.max(1)),
+        Duration::from_secs(state.config.blob_gc_grace_secs),
+    ));
     let (logs, nats) = (state.logs.clone(), state.nats.clone());
     let log_feed = tokio::spawn(async move { logs.follow_staging(nats).await });
     let app = api::router(state);
@@ -163,6 +178,9 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         let served = axum::serve(listener, app).await;
         bus.abort();
         log_feed.abort();
+        gc.abort();
+        follow_cells.abort();
+        converge.abort();
         served
     });
     Ok(Started {

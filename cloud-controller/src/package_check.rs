@@ -1,6 +1,7 @@
 //! Checks of uploaded app bits before they are READY: a zip or a gzip tar whose every entry
-//! stays inside the app folder (no `..`, no absolute names, no links leaving it), within a
-//! total uncompressed size. Nothing is unpacked here; the stager unpacks inside its container.
+//! stays inside the app folder (no `..`, no absolute names, no links leaving it), names no
+//! entry twice, within a total uncompressed size. Nothing is unpacked here; the stager unpacks
+//! inside its container.
 
 use std::io::Read;
 use std::path::{Component, Path};
@@ -23,10 +24,26 @@ pub fn check(path: &Path, max_bytes: u64) -> Result<(), Refusal> {
     }
 }
 
-/// The entries seen so far: the paths that are links, so that nothing is written through one.
+/// `name` as a clean relative path (`./a//b/` is `a/b`), or why it leaves the app folder.
+/// Resource paths of an upload go by the same rule as entry names.
+pub fn clean_path(name: &str) -> Result<std::path::PathBuf, Refusal> {
+    let mut clean = std::path::PathBuf::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            _ => return Err(format!("entry `{name}` points outside the app folder")),
+        }
+    }
+    Ok(clean)
+}
+
+/// The entries seen so far: the paths that are links, so that nothing is written through one,
+/// and every name, so that none comes twice (`a` and `./a` are the same).
 #[derive(Default)]
 struct Seen {
     links: std::collections::HashSet<std::path::PathBuf>,
+    names: std::collections::HashSet<std::path::PathBuf>,
 }
 
 impl Seen {
@@ -64,7 +81,10 @@ impl Seen {
                     }
                 }
             }
-            self.links.insert(clean);
+            self.links.insert(clean.clone());
+        }
+        if !clean.as_os_str().is_empty() && !self.names.insert(clean) {
+            return Err(format!("entry `{name}` appears twice in the package"));
         }
         Ok(())
     }
@@ -165,5 +185,16 @@ mod tests {
         let err = seen.check("d1/d2/l/m", Some("../..")).unwrap_err();
         assert!(err.contains("goes through the link `d1/d2/l`"), "{err}");
         assert!(seen.check("d1/d2/other", None).is_ok());
+    }
+
+    #[test]
+    fn no_name_comes_twice() {
+        let mut seen = Seen::default();
+        assert!(seen.check("./", None).is_ok() && seen.check(".", None).is_ok());
+        assert!(seen.check("a/b", None).is_ok());
+        let err = seen.check("./a//b", None).unwrap_err();
+        assert!(err.contains("appears twice"), "{err}");
+        assert_eq!(clean_path("./a//b/").unwrap(), Path::new("a/b"));
+        assert!(clean_path("../x").is_err() && clean_path("/x").is_err());
     }
 }

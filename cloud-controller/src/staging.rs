@@ -16,8 +16,13 @@ use crate::api::builds::BuildRow;
 use crate::error::ApiResult;
 use crate::state::{now, AppState};
 
-/// Publishes the staging request of `build`.
-pub async fn request(s: &AppState, build: &BuildRow, app: &AppRow) -> ApiResult<()> {
+/// Publishes the staging request of `build`, whose buildpacks resolved to `buildpack_refs`.
+pub async fn request(
+    s: &AppState,
+    build: &BuildRow,
+    app: &AppRow,
+    buildpack_refs: Vec<kiln_bus::BuildpackRef>,
+) -> ApiResult<()> {
     let internal = &s.internal_url;
     let cache_url = format!(
         "{internal}/internal/v1/apps/{}/cache/{}",
@@ -28,6 +33,7 @@ pub async fn request(s: &AppState, build: &BuildRow, app: &AppRow) -> ApiResult<
         app_guid: app.guid.clone(),
         stack: build.stack.clone(),
         buildpacks: serde_json::from_str(&build.buildpacks).unwrap_or_default(),
+        buildpack_refs,
         env: app.env_map(),
         package_url: format!(
             "{internal}/internal/v1/packages/{}/bits",
@@ -92,7 +98,8 @@ struct Heard {
 }
 
 impl Stagers {
-    fn advertised(&mut self, a: StagerAdvertise) {
+    /// Records an advertisement; true when the stager is new or its stacks changed.
+    fn advertised(&mut self, a: StagerAdvertise) -> bool {
         if let Some(before) = self.seen.get(&a.id) {
             for build in &before.building {
                 if a.building.contains(build) {
@@ -114,6 +121,7 @@ impl Stagers {
                 .into_iter()
                 .filter(|b| self.missing.get(b).is_some_and(|n| *n < 2)),
         );
+        let known = self.seen.get(&a.id).is_some_and(|h| h.stacks == a.stacks);
         self.seen.insert(
             a.id,
             Heard {
@@ -122,6 +130,7 @@ impl Stagers {
                 building: merged,
             },
         );
+        !known
     }
 
     fn accepted(&mut self, a: &StagingAccepted) {
@@ -178,8 +187,12 @@ pub async fn run(s: AppState) -> anyhow::Result<()> {
             },
             Some(m) = adverts.next() => match kiln_bus::decode::<StagerAdvertise>(&m.subject, &m.payload) {
                 Ok(a) => {
-                    if let Ok(mut st) = stagers.lock() {
-                        st.advertised(a);
+                    let (id, stacks) = (a.id.clone(), a.stacks.clone());
+                    let new_stacks = stagers.lock().map(|mut st| st.advertised(a)).unwrap_or(false);
+                    if new_stacks {
+                        if let Err(e) = crate::api::stacks::record_advertised(&s.db, &id, &stacks).await {
+                            tracing::error!(error = %e, stager = %id, "recording advertised stacks");
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a message"),
@@ -251,6 +264,25 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
         .await?;
     tx.commit().await?;
     tracing::info!(build = %r.build_guid, droplet, "staged");
+    let app: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT a.guid, a.name, a.space_guid FROM apps a JOIN builds b ON b.app_guid = a.guid WHERE b.guid = $1",
+    )
+    .bind(&r.build_guid)
+    .fetch_optional(&s.db)
+    .await?;
+    if let Some((guid, name, space)) = app {
+        let data = serde_json::json!({"droplet_guid": droplet, "build_guid": r.build_guid, "buildpacks": d.buildpacks});
+        let actor = crate::audit::Actor::System("stager");
+        crate::audit::record(
+            s,
+            "audit.app.droplet.create",
+            actor,
+            crate::audit::app(&guid, &name),
+            Some(&space),
+            data,
+        )
+        .await;
+    }
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub struct AppState {
     pub default_domain_guid: Arc<str>,
     /// Recent and live app log lines.
     pub logs: Arc<crate::logs::Logs>,
+    /// The cells and the instances they run.
+    pub cells: Arc<crate::cells::Cells>,
 }
 
 /// Now, as the API writes timestamps (RFC 3339, UTC, seconds).

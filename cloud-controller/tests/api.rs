@@ -56,7 +56,45 @@ async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token(db: Db)
         ("password", "wrong"),
     ]))
     .await;
-    assert_eq!((status, error_title(&body)), (401, "CF-BadCredentials"));
+    // The token endpoint answers in UAA's OAuth shape, as the cf CLI expects.
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let (status, body) = send(cc.http.post(format!("{}/oauth/token", cc.url)).form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", "not-a-token"),
+    ]))
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    let (status, body) = send(
+        cc.http
+            .post(format!("{}/oauth/token", cc.url))
+            .form(&[("grant_type", "client_credentials")]),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type")),
+        "{body}"
+    );
+    let (status, body) = send(
+        cc.http
+            .post(format!("{}/oauth/token", cc.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("username=admin"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
 
     let password = std::fs::read_to_string(cc.data_dir.join("admin-password")).unwrap();
     let tokens = common::login(&cc.http, &cc.url, "admin", password.trim()).await;

@@ -21,6 +21,12 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     /// Host paths made visible inside the container, always read-only.
     pub bind_mounts: Vec<BindMount>,
+    /// Host directories laid out like a root filesystem (`home/vcap/app/...`), stacked
+    /// read-only over the stack, bottom first: a droplet unpacked once and shared by every
+    /// container that runs it. Files keep their container uids on disk (like the stack) and
+    /// are mounted idmapped; writes go to the container's own writable layer (copy-up).
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
     /// Host ports forwarded to container ports, set up at create.
     pub net_in: Vec<NetIn>,
     /// Egress allowed from the start; everything else is denied.

@@ -10,6 +10,7 @@
 //!     state.json                      the ContainerRecord, written before anything is made
 //!     config.json                     the OCI bundle
 //!     lower/ rootfs/                  the idmapped stack and the merged root filesystem
+//!     layer-<i>/                      extra read-only layers (a droplet), idmapped
 //!     init.pid                        pid of the container's init on the host
 //!     processes/<id>.json, <id>.pid   processes started with `run`
 //! ```
@@ -65,6 +66,10 @@ impl ContainerDir {
     }
     pub fn lower(&self) -> PathBuf {
         self.0.join("lower")
+    }
+    /// Where extra layer `i` ([`ContainerSpec::layers`]) is mounted idmapped.
+    pub fn layer(&self, i: usize) -> PathBuf {
+        self.0.join(format!("layer-{i}"))
     }
     pub fn init_pid(&self) -> PathBuf {
         self.0.join("init.pid")

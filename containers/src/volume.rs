@@ -49,6 +49,9 @@ pub struct VolumeStore {
 pub struct VolumePaths {
     /// The idmapped, read-only view of the stack.
     pub lower: PathBuf,
+    /// Extra read-only layers above the stack, bottom first: (host directory, where its
+    /// idmapped view is mounted).
+    pub layers: Vec<(PathBuf, PathBuf)>,
     /// The merged root filesystem the container runs on.
     pub rootfs: PathBuf,
 }
@@ -108,7 +111,10 @@ impl VolumeStore {
             .map_err(io_err("set the btrfs qgroup limit of", &subvolume))?;
         let upper = subvolume.join("upper");
         let work = subvolume.join("work");
-        for dir in [&upper, &work, &paths.lower, &paths.rootfs] {
+        for dir in [&upper, &work, &paths.lower, &paths.rootfs]
+            .into_iter()
+            .chain(paths.layers.iter().map(|(_, at)| at))
+        {
             std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
         // The overlay's root directory takes its owner from the upper layer: container root.
@@ -116,8 +122,15 @@ impl VolumeStore {
             .map_err(io_err("chown", &upper))?;
         idmap::mount_idmapped(stack_rootfs, &paths.lower, ids)
             .map_err(io_err("idmapped mount of the stack at", &paths.lower))?;
+        // overlayfs lists lower layers top first.
+        let mut lowerdirs = String::new();
+        for (source, at) in paths.layers.iter().rev() {
+            idmap::mount_idmapped(source, at, ids)
+                .map_err(io_err("idmapped mount of a layer at", at))?;
+            lowerdirs.push_str(&format!("{}:", at.display()));
+        }
         let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={lowerdirs}{},upperdir={},workdir={}",
             paths.lower.display(),
             upper.display(),
             work.display()
@@ -127,7 +140,12 @@ impl VolumeStore {
 
     /// Undoes [`VolumeStore::create`], whatever part of it was done. Safe to call twice.
     pub fn destroy(&self, handle: &str, paths: &VolumePaths) -> Result<(), VolumeError> {
-        for mountpoint in [&paths.rootfs, &paths.lower] {
+        let layers = paths.layers.iter().map(|(_, at)| at);
+        for mountpoint in [&paths.rootfs]
+            .into_iter()
+            .chain(layers)
+            .chain([&paths.lower])
+        {
             unmount(mountpoint).map_err(io_err("unmount", mountpoint))?;
         }
         let subvolume = self.subvolume(handle);

@@ -216,7 +216,11 @@ pub fn resolve(
 
 /// Unpacks a buildpack zip, refusing entries that would land outside `target`. A zip whose
 /// files all sit in one top folder is unpacked from inside that folder.
-fn unzip_buildpack(name: &str, zip_path: &Path, target: &Path) -> Result<(), StagingError> {
+pub(crate) fn unzip_buildpack(
+    name: &str,
+    zip_path: &Path,
+    target: &Path,
+) -> Result<(), StagingError> {
     let invalid = |reason: String| StagingError::InvalidBuildpack {
         buildpack: name.to_string(),
         reason,

@@ -176,7 +176,8 @@ impl<'a> Stager<'a> {
     }
 }
 
-/// The buildpacks of `request`: the named ones, or every built-in for detection.
+/// The buildpacks of `request`: the named ones, the given candidates for detection, or every
+/// built-in for detection.
 fn candidates(
     builtin_dir: &Path,
     request: &StagingRequest,
@@ -198,13 +199,27 @@ fn candidates(
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Candidates { all, named: false });
     }
-    let all = request
+    let mut all = request
         .buildpacks
         .iter()
         .enumerate()
         .map(|(i, arg)| resolve(arg, builtin_dir, scratch, i))
         .collect::<Result<Vec<_>, _>>()?;
     let natives = all.iter().filter(|b| b.is_native()).count();
+    if request.detect {
+        // Detection picks one classic buildpack; a Cloud Native Buildpack runs only when named
+        // (its detect is part of a group that must all pass, not a first match).
+        all.retain(|b| !b.is_native());
+        if all.is_empty() {
+            return Err(StagingError::Platform {
+                reason: format!(
+                    "no classic buildpack to detect among ({} are Cloud Native Buildpacks, which run only when named)",
+                    request.buildpacks.len()
+                ),
+            });
+        }
+        return Ok(Candidates { all, named: false });
+    }
     if natives > 0 && natives < all.len() {
         return Err(StagingError::InvalidBuildpack {
             buildpack: all

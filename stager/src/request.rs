@@ -41,6 +41,10 @@ pub struct StagingRequest {
     /// Buildpacks in order: directories, `.zip` files or built-in names. Empty: detect among
     /// the built-in buildpacks in priority order.
     pub buildpacks: Vec<String>,
+    /// How `buildpacks` are used when there are some: `false`, all of them run in order (as
+    /// `-b` names them); `true`, they are candidates detected in order and the first that
+    /// accepts the app runs alone (as the controller's admin buildpacks are).
+    pub detect: bool,
     /// Environment variables of the app, visible to buildpacks.
     pub env: Vec<(String, String)>,
     /// The cache of this app's previous staging, if any (`.tgz`).
@@ -71,6 +75,7 @@ impl StagingRequest {
             app: app.into(),
             stack: stack.to_string(),
             buildpacks: Vec::new(),
+            detect: false,
             env: Vec::new(),
             cache_in: None,
             droplet_out: droplet_out.into(),

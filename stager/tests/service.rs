@@ -364,6 +364,7 @@ fn request(build: &str, stack: &str, base: &str, package: &str) -> StagingReques
         app_guid: format!("app-of-{build}"),
         stack: stack.into(),
         buildpacks: vec![],
+        buildpack_refs: vec![],
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         package_url: format!("{base}{package}"),
         droplet_upload_url: format!("{base}/droplets/{build}"),

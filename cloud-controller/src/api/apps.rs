@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::listing::{self, Filter, Page};
 use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
+use crate::audit::{self, Actor};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
@@ -178,6 +179,7 @@ pub async fn create(
     let data = body.lifecycle.map(|l| l.data).unwrap_or_default();
     let (guid, t) = (new_guid(), now());
     let stack = data.stack.unwrap_or_else(|| s.config.default_stack.clone());
+    super::stacks::check_known(&s, &stack).await?;
     let inserted = sqlx::query(
         "INSERT INTO apps (guid, name, space_guid, state, stack, buildpacks, env, droplet_guid, created_at, updated_at) VALUES ($1, $2, $3, 'STOPPED', $4, $5, $6, NULL, $7, $8)",
     )
@@ -204,7 +206,25 @@ pub async fn create(
     if !body.no_route {
         let host = super::routes::host_for(&body.name);
         match super::routes::create_route(&s, &host, "", &s.default_domain_guid, &space).await {
-            Ok(route) => super::routes::add_destination(&s, &route, &guid, "web").await?,
+            Ok(route) => {
+                super::routes::add_destination(&s, &route, &guid, "web").await?;
+                let url = format!("{host}.{}", s.config.default_domain);
+                let target = audit::Target {
+                    kind: "route",
+                    guid: &route,
+                    name: &url,
+                };
+                let actor = Actor::User(&user);
+                audit::record(
+                    &s,
+                    "audit.route.create",
+                    actor,
+                    target,
+                    Some(&space),
+                    json!({}),
+                )
+                .await;
+            }
             Err(e) => {
                 sqlx::query("DELETE FROM apps WHERE guid = $1")
                     .bind(&guid)
@@ -219,6 +239,16 @@ pub async fn create(
     }
     tracing::info!(app = %guid, user = %user.name, "app created");
     let app = find(&s, &guid).await?;
+    let data = json!({"request": {"name": app.name, "stack": app.stack, "environment_variables": "[PRIVATE DATA HIDDEN]"}});
+    audit::record(
+        &s,
+        "audit.app.create",
+        Actor::User(&user),
+        audit::app(&guid, &app.name),
+        Some(&space),
+        data,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(app_json(&s, &app))))
 }
 
@@ -286,7 +316,7 @@ pub struct UpdateApp {
 }
 
 pub async fn update(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     ApiJson(body): ApiJson<UpdateApp>,
@@ -296,6 +326,9 @@ pub async fn update(
     let name = body.name.unwrap_or(app.name.clone());
     check_name(&name)?;
     let data = body.lifecycle.map(|l| l.data).unwrap_or_default();
+    if let Some(stack) = &data.stack {
+        super::stacks::check_known(&s, stack).await?;
+    }
     let stack = data.stack.unwrap_or(app.stack.clone());
     let buildpacks = data.buildpacks.map_or(app.buildpacks.clone(), |b| {
         serde_json::to_string(&b).unwrap_or_default()
@@ -318,21 +351,41 @@ pub async fn update(
         }
         other => other?,
     };
+    let data = json!({"request": {"name": name, "stack": stack, "buildpacks": buildpacks}});
+    audit::record(
+        &s,
+        "audit.app.update",
+        Actor::User(&user),
+        audit::app(&guid, &name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
     Ok(Json(app_json(&s, &find(&s, &guid).await?)))
 }
 
 /// `DELETE /v3/apps/:guid`: 202 with a job (already complete: the app, its packages, builds,
 /// droplets and cache records are gone when it answers).
 pub async fn delete(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    find(&s, &guid).await?;
+    let app = find(&s, &guid).await?;
+    audit::record(
+        &s,
+        "audit.app.delete-request",
+        Actor::User(&user),
+        audit::app(&guid, &app.name),
+        Some(&app.space_guid),
+        json!({}),
+    )
+    .await;
     sqlx::query("DELETE FROM apps WHERE guid = $1")
         .bind(&guid)
         .execute(&s.db)
         .await?;
+    s.cells.wake.notify_one();
     let job = new_guid();
     let location = format!("{}/v3/jobs/{job}", s.base_url);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)]))
@@ -360,7 +413,7 @@ pub struct EnvPatch {
 
 /// Sets the given variables; a `null` value removes one.
 pub async fn update_env_vars(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     ApiJson(body): ApiJson<EnvPatch>,
@@ -384,6 +437,16 @@ pub async fn update_env_vars(
         .bind(&guid)
         .execute(&s.db)
         .await?;
+    let data = json!({"request": {"environment_variables": "[PRIVATE DATA HIDDEN]"}});
+    audit::record(
+        &s,
+        "audit.app.update",
+        Actor::User(&user),
+        audit::app(&guid, &app.name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
     Ok(Json(env_json(&s, &find(&s, &guid).await?)))
 }
 
@@ -408,7 +471,7 @@ pub async fn env(
     })))
 }
 
-async fn set_state(s: &AppState, guid: &str, state: &str) -> ApiResult<Json<Value>> {
+async fn set_state(s: &AppState, guid: &str, state: &str) -> ApiResult<(AppRow, Json<Value>)> {
     let app = find(s, guid).await?;
     if state == "STARTED" && app.droplet_guid.is_none() {
         return Err(ApiError::Unprocessable(
@@ -421,32 +484,71 @@ async fn set_state(s: &AppState, guid: &str, state: &str) -> ApiResult<Json<Valu
         .bind(guid)
         .execute(&s.db)
         .await?;
-    Ok(Json(app_json(s, &find(s, guid).await?)))
+    let app = find(s, guid).await?;
+    let body = Json(app_json(s, &app));
+    Ok((app, body))
+}
+
+/// Sets the app's state and records `event`.
+async fn act(
+    s: &AppState,
+    user: &User,
+    guid: &str,
+    state: &str,
+    event: &str,
+) -> ApiResult<Json<Value>> {
+    let (app, body) = set_state(s, guid, state).await?;
+    s.cells.wake.notify_one();
+    audit::record(
+        s,
+        event,
+        Actor::User(user),
+        audit::app(guid, &app.name),
+        Some(&app.space_guid),
+        json!({}),
+    )
+    .await;
+    Ok(body)
 }
 
 pub async fn start(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_state(&s, &guid, "STARTED").await
+    act(&s, &user, &guid, "STARTED", "audit.app.start").await
 }
 
 pub async fn stop(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_state(&s, &guid, "STOPPED").await
+    act(&s, &user, &guid, "STOPPED", "audit.app.stop").await
 }
 
 pub async fn restart(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let _stopped = set_state(&s, &guid, "STOPPED").await?;
-    set_state(&s, &guid, "STARTED").await
+    // A started app restarts rolling: new instances (a new process version) replace the old
+    // ones one by one as they become healthy. A stopped one just starts.
+    new_process_versions(&s, &guid).await?;
+    act(&s, &user, &guid, "STARTED", "audit.app.restart").await
+}
+
+/// Gives every process of `app` a new version: convergence replaces their instances, each
+/// old one stopping once its successor is RUNNING.
+pub async fn new_process_versions(s: &AppState, app: &str) -> ApiResult<()> {
+    sqlx::query("UPDATE processes SET version = $1, updated_at = $2 WHERE app_guid = $3")
+        .bind(new_guid())
+        .bind(now())
+        .bind(app)
+        .execute(&s.db)
+        .await?;
+    s.cells.wake.notify_one();
+    Ok(())
 }
 
 fn droplet_relationship(s: &AppState, app: &AppRow) -> Value {
@@ -473,12 +575,12 @@ pub struct SetDroplet {
 }
 
 pub async fn set_current_droplet(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     ApiJson(body): ApiJson<SetDroplet>,
 ) -> ApiResult<Json<Value>> {
-    find(&s, &guid).await?;
+    let app = find(&s, &guid).await?;
     let droplet: Option<(String, String)> =
         sqlx::query_as("SELECT app_guid, state FROM droplets WHERE guid = $1")
             .bind(&body.data.guid)
@@ -506,6 +608,19 @@ pub async fn set_current_droplet(
         .bind(&guid)
         .execute(&s.db)
         .await?;
+    if app.droplet_guid.as_deref() != Some(body.data.guid.as_str()) {
+        new_process_versions(&s, &guid).await?;
+    }
+    let data = json!({"request": {"droplet_guid": body.data.guid}});
+    audit::record(
+        &s,
+        "audit.app.droplet.mapped",
+        Actor::User(&user),
+        audit::app(&guid, &app.name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
     Ok(Json(droplet_relationship(&s, &find(&s, &guid).await?)))
 }
 

@@ -104,6 +104,12 @@ pub async fn create(
                     .into(),
             )
         })?;
+    if package.kind == "docker" {
+        return Err(ApiError::Unprocessable(format!(
+            "Staging a docker package (image {}) is not available yet: Kiln runs buildpack droplets only for now",
+            package.image.as_deref().unwrap_or("?")
+        )));
+    }
     if package.state != "READY" {
         return Err(ApiError::Unprocessable(format!(
             "Unable to stage the package: it is {}, not READY",
@@ -120,7 +126,10 @@ pub async fn create(
     let app = super::apps::find(&s, &package.app_guid).await?;
     let data = body.lifecycle.map(|l| l.data).unwrap_or_default();
     let stack = data.stack.unwrap_or(app.stack.clone());
+    super::stacks::check_known(&s, &stack).await?;
     let buildpacks = data.buildpacks.unwrap_or_else(|| app.buildpack_list());
+    // Refused here, before there is a build, when a named buildpack cannot be used.
+    let buildpack_refs = super::buildpacks::refs_for(&s, &buildpacks, &stack).await?;
     let (guid, t) = (new_guid(), now());
     sqlx::query(
         "INSERT INTO builds (guid, app_guid, package_guid, state, error, stack, buildpacks, droplet_guid, stager_id, created_by, created_at, updated_at) VALUES ($1, $2, $3, 'STAGING', NULL, $4, $5, NULL, NULL, $6, $7, $8)",
@@ -136,7 +145,17 @@ pub async fn create(
     .execute(&s.db)
     .await?;
     let build = find(&s, &guid).await?;
-    crate::staging::request(&s, &build, &app).await?;
+    let event = serde_json::json!({"build_guid": guid, "package_guid": package.guid});
+    crate::audit::record(
+        &s,
+        "audit.app.build.create",
+        crate::audit::Actor::User(&user),
+        crate::audit::app(&app.guid, &app.name),
+        Some(&app.space_guid),
+        event,
+    )
+    .await;
+    crate::staging::request(&s, &build, &app, buildpack_refs).await?;
     Ok((
         StatusCode::CREATED,
         Json(build_json(&s, &find(&s, &guid).await?)),

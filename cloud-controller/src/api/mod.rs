@@ -2,15 +2,22 @@
 //! and tools, and the internal endpoints stagers and cells use.
 
 pub mod apps;
+pub mod buildpacks;
 pub mod builds;
+mod events;
 mod internal;
 mod listing;
 mod logs;
+mod package_assembly;
+mod package_upload;
 pub mod packages;
 pub mod processes;
+pub mod resource_matches;
+pub mod resource_pool;
 mod root;
 pub mod routes;
 mod spaces;
+pub mod stacks;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -74,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v3/processes/{guid}/actions/scale", post(processes::scale))
         .route("/v3/processes/{guid}/stats", get(processes::stats))
         .route("/v3/domains", get(routes::list_domains))
+        .route("/v3/audit_events", get(events::list))
+        .route("/v3/audit_events/{guid}", get(events::get))
+        .route("/v3/stacks", get(stacks::list))
+        .route("/v3/stacks/{guid}", get(stacks::get))
         .route("/v3/routes", post(routes::create).get(routes::list))
         .route("/v3/routes/{guid}", get(routes::get).delete(routes::delete))
         .route(
@@ -90,6 +101,26 @@ pub fn router(state: AppState) -> Router {
             post(packages::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
         )
         .route("/v3/packages/{guid}/download", get(packages::download))
+        .route(
+            "/v3/resource_matches",
+            post(resource_matches::create).layer(axum::extract::DefaultBodyLimit::max(
+                resource_matches::MAX_BODY,
+            )),
+        )
+        .route(
+            "/v3/buildpacks",
+            post(buildpacks::create).get(buildpacks::list),
+        )
+        .route(
+            "/v3/buildpacks/{guid}",
+            get(buildpacks::get)
+                .patch(buildpacks::update)
+                .delete(buildpacks::delete),
+        )
+        .route(
+            "/v3/buildpacks/{guid}/upload",
+            post(buildpacks::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/v3/builds", post(builds::create).get(builds::list))
         .route("/v3/builds/{guid}", get(builds::get))
         .route("/v3/droplets/{guid}", get(builds::get_droplet))
@@ -101,6 +132,7 @@ pub fn router(state: AppState) -> Router {
             "/internal/v1/packages/{guid}/bits",
             get(internal::package_bits),
         )
+        .route("/internal/v1/buildpacks/{guid}/bits", get(buildpacks::bits))
         .route(
             "/internal/v1/builds/{guid}/droplet",
             put(internal::upload_droplet),

@@ -1,5 +1,5 @@
 //! Packages: app bits as uploaded (a zip as the cf CLI sends it, or a tar.gz), streamed into
-//! the blobstore, checked, and READY or FAILED.
+//! the blobstore, completed from the resource pool, checked, and READY or FAILED.
 
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::listing::{self, Filter, Page};
+use super::package_upload;
 use super::{link, list_body, ApiJson, ApiQuery, PageQuery};
 use crate::auth::User;
-use crate::blobstore::{BlobError, Blobstore};
+use crate::blobstore::Blobstore;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
 
@@ -26,11 +27,14 @@ pub struct PackageRow {
     pub sha256: Option<String>,
     pub size: Option<i64>,
     pub error: Option<String>,
+    /// The image reference of a `docker` package.
+    pub image: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
 
-const COLUMNS: &str = "guid, app_guid, kind, state, sha256, size, error, created_at, updated_at";
+const COLUMNS: &str =
+    "guid, app_guid, kind, state, sha256, size, error, image, created_at, updated_at";
 
 /// The package `guid`, or 404.
 pub async fn find(s: &AppState, guid: &str) -> ApiResult<PackageRow> {
@@ -45,9 +49,13 @@ pub async fn find(s: &AppState, guid: &str) -> ApiResult<PackageRow> {
 
 fn package_json(s: &AppState, p: &PackageRow) -> Value {
     let g = &p.guid;
+    let data = match p.kind.as_str() {
+        "docker" => json!({"image": p.image, "username": null, "password": null}),
+        _ => json!({"checksum": {"type": "sha256", "value": p.sha256}, "error": p.error}),
+    };
     json!({
         "guid": g, "type": p.kind, "state": p.state, "created_at": p.created_at, "updated_at": p.updated_at,
-        "data": {"checksum": {"type": "sha256", "value": p.sha256}, "error": p.error},
+        "data": data,
         "relationships": {"app": {"data": {"guid": p.app_guid}}},
         "metadata": {"labels": {}, "annotations": {}},
         "links": {
@@ -64,6 +72,37 @@ pub struct CreatePackage {
     #[serde(rename = "type")]
     kind: String,
     relationships: AppRelationship,
+    #[serde(default)]
+    data: Option<DockerData>,
+}
+
+/// `data` of a `docker` package.
+#[derive(Deserialize)]
+pub struct DockerData {
+    image: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The image reference of a docker package, checked: a name, no spaces or control characters.
+fn docker_image(data: Option<DockerData>) -> ApiResult<String> {
+    let data = data.ok_or_else(|| ApiError::Unprocessable("Data must have an image".into()))?;
+    if data.username.is_some() || data.password.is_some() {
+        return Err(ApiError::Unprocessable(
+            "Data username and password: registry credentials are not supported yet; use a public image or import it into Kiln's image store".into(),
+        ));
+    }
+    let image = data.image.unwrap_or_default();
+    let bad = image.is_empty()
+        || image.len() > 4096
+        || image.starts_with(['-', '/', ':', '@'])
+        || image.chars().any(|c| c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(ApiError::Unprocessable(format!(
+            "Data image must be an image reference such as `registry.example.com/team/app:1.2` (got {image:?})"
+        )));
+    }
+    Ok(image)
 }
 
 #[derive(Deserialize)]
@@ -71,29 +110,49 @@ pub struct AppRelationship {
     app: super::apps::Relationship,
 }
 
+/// `POST /v3/packages`: `bits` (AWAITING_UPLOAD until uploaded) or `docker` with an image
+/// reference (READY at once: there is nothing to upload).
 pub async fn create(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreatePackage>,
 ) -> ApiResult<impl IntoResponse> {
-    if body.kind != "bits" {
-        return Err(ApiError::Unprocessable(format!(
-            "Type must be bits (`{}` packages are not supported yet)",
-            body.kind
-        )));
-    }
-    let app = body.relationships.app.data_guid();
-    super::apps::find(&s, app)
+    let (state, image) = match body.kind.as_str() {
+        "bits" => ("AWAITING_UPLOAD", None),
+        "docker" => ("READY", Some(docker_image(body.data)?)),
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "Type must be one of 'bits', 'docker' (got `{other}`)"
+            )))
+        }
+    };
+    let app_guid = body.relationships.app.data_guid();
+    let app = super::apps::find(&s, app_guid)
         .await
         .map_err(|_| ApiError::Unprocessable("App must exist".into()))?;
     let (guid, t) = (new_guid(), now());
-    sqlx::query("INSERT INTO packages (guid, app_guid, kind, state, created_at, updated_at) VALUES ($1, $2, 'bits', 'AWAITING_UPLOAD', $3, $4)")
+    sqlx::query("INSERT INTO packages (guid, app_guid, kind, state, image, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(&guid)
-        .bind(app)
+        .bind(app_guid)
+        .bind(&body.kind)
+        .bind(state)
+        .bind(&image)
         .bind(&t)
         .bind(&t)
         .execute(&s.db)
         .await?;
+    let data = json!({"package_guid": guid, "request": {"type": body.kind, "image": image}});
+    let actor = crate::audit::Actor::User(&user);
+    let target = crate::audit::app(&app.guid, &app.name);
+    crate::audit::record(
+        &s,
+        "audit.app.package.create",
+        actor,
+        target,
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(package_json(&s, &find(&s, &guid).await?)),
@@ -153,15 +212,22 @@ async fn set_state(
     Ok(())
 }
 
-/// `POST /v3/packages/:guid/upload`: multipart with the bits in field `bits` (the cf CLI's
-/// `resources` field is accepted and ignored). Streamed to the blobstore, never held whole.
+/// `POST /v3/packages/:guid/upload`: multipart with the bits in field `bits` and, as the cf
+/// CLI sends it, the files the resource pool already has in field `resources` (see
+/// [`super::package_upload`]). Streamed to the blobstore, never held whole.
 pub async fn upload(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
     let package = find(&s, &guid).await?;
+    if package.kind != "bits" {
+        return Err(ApiError::Unprocessable(format!(
+            "A {} package has no bits to upload",
+            package.kind
+        )));
+    }
     if package.state != "AWAITING_UPLOAD" && package.state != "FAILED" {
         return Err(ApiError::Conflict(format!(
             "The package is {}; bits can be uploaded only once",
@@ -169,75 +235,41 @@ pub async fn upload(
         )));
     }
     set_state(&s, &guid, "PROCESSING_UPLOAD", None, None, None).await?;
-    let limit = s.config.max_upload_bytes;
-    let mut blob = None;
-    let result = async {
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| upload_error(&e, limit))?
-        {
-            if field.name() != Some("bits") {
-                continue;
-            }
-            let stored = s
-                .blobs
-                .put(Box::pin(field), limit)
-                .await
-                .map_err(|e| match e {
-                    BlobError::TooLarge { limit } => ApiError::TooLarge(limit >> 20),
-                    BlobError::Source(m) => {
-                        ApiError::BadRequest(format!("reading the upload: {m}"))
-                    }
-                    other => ApiError::internal("storing a package", other),
-                })?;
-            blob = Some(stored);
-        }
-        blob.clone().ok_or_else(|| {
-            ApiError::Unprocessable("Bits must be sent in the multipart field `bits`".into())
-        })
-    }
-    .await;
-    let blob = match result {
-        Ok(b) => b,
+    let made = match package_upload::receive(&s, &mut form).await {
+        Ok(received) => package_upload::make(&s, received).await,
+        Err(e) => Err(e),
+    };
+    let made = match made {
+        Ok(m) => m,
         Err(e) => {
             set_state(&s, &guid, "FAILED", None, None, Some(&e.to_string())).await?;
             return Err(e);
         }
     };
-    let path = s
-        .blobs
-        .open_verified(&blob.sha256)
-        .await
-        .map_err(|e| ApiError::internal("reading a package back", e))?;
-    let max = limit.saturating_mul(4);
-    let checked = tokio::task::spawn_blocking(move || crate::package_check::check(&path, max))
-        .await
-        .map_err(|e| ApiError::internal("checking a package", e))?;
-    let size = i64::try_from(blob.size).unwrap_or(i64::MAX);
-    match checked {
-        Ok(()) => set_state(&s, &guid, "READY", Some(&blob.sha256), Some(size), None).await?,
-        Err(reason) => {
-            set_state(
-                &s,
-                &guid,
-                "FAILED",
-                Some(&blob.sha256),
-                Some(size),
-                Some(&reason),
-            )
-            .await?
-        }
+    let sha256 = made.blob.as_ref().map(|b| b.sha256.as_str());
+    let size = made
+        .blob
+        .as_ref()
+        .map(|b| i64::try_from(b.size).unwrap_or(i64::MAX));
+    match &made.refusal {
+        None => set_state(&s, &guid, "READY", sha256, size, None).await?,
+        Some(reason) => set_state(&s, &guid, "FAILED", sha256, size, Some(reason)).await?,
+    }
+    if let Ok(app) = super::apps::find(&s, &package.app_guid).await {
+        let data = json!({"package_guid": guid, "sha256": sha256, "refused": made.refusal});
+        let actor = crate::audit::Actor::User(&user);
+        let target = crate::audit::app(&app.guid, &app.name);
+        crate::audit::record(
+            &s,
+            "audit.app.upload-bits",
+            actor,
+            target,
+            Some(&app.space_guid),
+            data,
+        )
+        .await;
     }
     Ok(Json(package_json(&s, &find(&s, &guid).await?)))
-}
-
-fn upload_error(e: &axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(limit >> 20)
-    } else {
-        ApiError::BadRequest(format!("reading the upload: {}", e.body_text()))
-    }
 }
 
 /// A response streaming blob file `path`.

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{link, list_body, ApiJson, PageQuery};
+use kiln_bus::cell::InstanceState;
+
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
@@ -190,7 +192,12 @@ pub struct Scale {
     disk_in_mb: Option<i64>,
 }
 
-async fn scale_process(s: &AppState, p: ProcessRow, body: Scale) -> ApiResult<Json<Value>> {
+async fn scale_process(
+    s: &AppState,
+    user: &User,
+    p: ProcessRow,
+    body: Scale,
+) -> ApiResult<Json<Value>> {
     let instances = body.instances.unwrap_or(p.instances);
     let memory = body.memory_in_mb.unwrap_or(p.memory_mb);
     let disk = body.disk_in_mb.unwrap_or(p.disk_mb);
@@ -217,38 +224,112 @@ async fn scale_process(s: &AppState, p: ProcessRow, body: Scale) -> ApiResult<Js
         .bind(&p.guid)
         .execute(&s.db)
         .await?;
+    s.cells.wake.notify_one();
+    let app = super::apps::find(s, &p.app_guid).await?;
+    let data = serde_json::json!({"process_type": p.kind, "request": {"instances": instances, "memory_in_mb": memory, "disk_in_mb": disk}});
+    let actor = crate::audit::Actor::User(user);
+    crate::audit::record(
+        s,
+        "audit.app.process.scale",
+        actor,
+        crate::audit::app(&app.guid, &app.name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
     Ok(Json(process_json(s, &find(s, &p.guid).await?)))
 }
 
 pub async fn scale(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     ApiJson(body): ApiJson<Scale>,
 ) -> ApiResult<Json<Value>> {
     let p = find(&s, &guid).await?;
-    scale_process(&s, p, body).await
+    scale_process(&s, &user, p, body).await
 }
 
 pub async fn scale_by_type(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path((app, kind)): Path<(String, String)>,
     ApiJson(body): ApiJson<Scale>,
 ) -> ApiResult<Json<Value>> {
     let p = find_by_type(&s, &app, &kind).await?;
-    scale_process(&s, p, body).await
+    scale_process(&s, &user, p, body).await
 }
 
-/// `GET /v3/processes/:guid/stats`: every instance DOWN until cells report them.
+/// `GET /v3/processes/:guid/stats`: each instance index with its state as the cells report
+/// it (RUNNING, STARTING, CRASHED waiting for its restart, or DOWN with the reason when it
+/// cannot be placed), where it listens, its uptime and usage.
 pub async fn stats(
     _: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let p = find(&s, &guid).await?;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let inner = s.cells.lock();
     let resources: Vec<Value> = (0..p.instances)
-        .map(|i| json!({"type": p.kind, "index": i, "state": "DOWN", "usage": {}, "host": null, "uptime": 0, "mem_quota": p.memory_mb << 20, "disk_quota": p.disk_mb << 20}))
+        .map(|i| {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let best = inner
+                .instances
+                .values()
+                .filter(|k| k.actual.process_guid == p.guid && k.actual.index == index)
+                .min_by_key(|k| {
+                    (
+                        k.actual.state != InstanceState::Running,
+                        k.stopping.is_some(),
+                        std::cmp::Reverse(k.actual.since_ns),
+                    )
+                });
+            let mut stat = json!({
+                "type": p.kind, "index": i, "state": "DOWN", "host": null, "uptime": 0,
+                "instance_ports": [], "usage": {}, "details": null,
+                "mem_quota": p.memory_mb << 20, "disk_quota": p.disk_mb << 20, "fds_quota": 16384,
+            });
+            match best {
+                Some(k) => {
+                    let running = k.actual.state == InstanceState::Running;
+                    stat["state"] = json!(if running { "RUNNING" } else { "STARTING" });
+                    stat["instance_guid"] = json!(k.actual.instance_guid);
+                    if !k.actual.host.is_empty() {
+                        stat["host"] = json!(k.actual.host);
+                        stat["instance_ports"] = json!([{"external": k.actual.port, "internal": 8080}]);
+                    }
+                    if running {
+                        stat["uptime"] = json!(now_ns.saturating_sub(k.actual.since_ns) / 1_000_000_000);
+                    }
+                    if let Some(m) = inner.metrics.get(&k.actual.instance_guid) {
+                        stat["usage"] = json!({
+                            "time": chrono::DateTime::from_timestamp_nanos(i64::try_from(m.timestamp_ns).unwrap_or(i64::MAX)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            "cpu": m.cpu_percent / 100.0, "mem": m.memory_bytes, "disk": m.disk_bytes,
+                        });
+                    }
+                }
+                None => {
+                    if let Some(c) = inner.crashes.get(&(p.guid.clone(), index)) {
+                        stat["state"] = json!("CRASHED");
+                        let next = match c.next_restart() {
+                            Some(at) => format!(
+                                "restarting in {} s",
+                                at.saturating_duration_since(std::time::Instant::now()).as_secs()
+                            ),
+                            None => "given up after too many crashes".into(),
+                        };
+                        stat["details"] = json!(format!("{} ({} crashes; {next})", c.description, c.count));
+                    } else if let Some(why) = inner.unplaceable.get(&p.guid) {
+                        stat["details"] = json!(why);
+                    }
+                }
+            }
+            stat
+        })
         .collect();
     Ok(Json(json!({"resources": resources})))
 }

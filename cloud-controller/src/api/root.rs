@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{check_password, Claims, User, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn root(State(s): State<AppState>) -> Json<Value> {
@@ -44,44 +44,105 @@ pub struct TokenRequest {
     client_id: Option<String>,
 }
 
+/// An error of the token endpoint, in UAA's OAuth shape (`{"error", "error_description"}`),
+/// which the cf CLI and OAuth clients expect there instead of a V3 error body.
+pub struct TokenError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl TokenError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        TokenError {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> axum::response::Response {
+        let body = json!({"error": self.error, "error_description": self.description});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ApiError> for TokenError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidAuthToken(why) => TokenError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                format!("Invalid refresh token: {why}"),
+            ),
+            other => TokenError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 /// `POST /oauth/token`: `password` and `refresh_token` grants, for client `cf` (empty secret).
 pub async fn token(
     State(s): State<AppState>,
-    Form(req): Form<TokenRequest>,
-) -> ApiResult<Json<Value>> {
+    form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
+) -> Result<Json<Value>, TokenError> {
+    let bad = |d: String| TokenError::new(StatusCode::BAD_REQUEST, "invalid_request", d);
+    // OAuth says 400 for a malformed request; a body over the limit stays 413.
+    let Form(req) = form.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            TokenError::new(e.status(), "invalid_request", e.body_text())
+        }
+        _ => bad(e.body_text()),
+    })?;
     if req.client_id.as_deref().is_some_and(|c| c != "cf") {
-        return Err(ApiError::BadCredentials);
+        return Err(TokenError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Bad credentials: the only client is `cf` with an empty secret",
+        ));
     }
     let (guid, name) = match req.grant_type.as_str() {
         "password" => {
             let (Some(user), Some(password)) = (req.username, req.password) else {
-                return Err(ApiError::Unprocessable(
-                    "username and password are required".into(),
-                ));
+                return Err(bad("username and password are required".into()));
             };
             let row: Option<(String, String)> =
                 sqlx::query_as("SELECT guid, password_hash FROM users WHERE username = $1")
                     .bind(&user)
                     .fetch_optional(&s.db)
-                    .await?;
+                    .await
+                    .map_err(ApiError::from)?;
             let hash_ok =
                 check_password(password, row.as_ref().map(|(_, hash)| hash.clone())).await;
             match row {
                 Some((guid, _)) if hash_ok => (guid, user),
-                _ => return Err(ApiError::BadCredentials),
+                _ => {
+                    return Err(TokenError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "Bad credentials",
+                    ))
+                }
             }
         }
         "refresh_token" => {
             let token = req
                 .refresh_token
-                .ok_or_else(|| ApiError::Unprocessable("refresh_token is required".into()))?;
+                .ok_or_else(|| bad("refresh_token is required".into()))?;
             let claims = s.tokens.verify(&token, "refresh")?;
             (claims.sub, claims.user_name)
         }
         other => {
-            return Err(ApiError::Unprocessable(format!(
-                "unsupported grant_type `{other}`"
-            )))
+            return Err(TokenError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("Unsupported grant type: {other} (use password or refresh_token)"),
+            ))
         }
     };
     let now = chrono::Utc::now().timestamp();

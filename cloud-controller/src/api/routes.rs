@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::listing::{self, Filter, Page};
 use super::{filter_values, link, list_body, ApiJson, ApiQuery, PageQuery};
+use crate::audit::{self, Actor, Target};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{new_guid, now, AppState};
@@ -199,7 +200,7 @@ pub struct RouteRelationships {
 }
 
 pub async fn create(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateRoute>,
 ) -> ApiResult<impl IntoResponse> {
@@ -227,10 +228,23 @@ pub async fn create(
         space,
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(route_json(&s, &find_route(&s, &guid).await?).await?),
-    ))
+    let route = route_json(&s, &find_route(&s, &guid).await?).await?;
+    let url = route["url"].as_str().unwrap_or_default();
+    let target = Target {
+        kind: "route",
+        guid: &guid,
+        name: url,
+    };
+    audit::record(
+        &s,
+        "audit.route.create",
+        Actor::User(&user),
+        target,
+        Some(space),
+        json!({}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(route)))
 }
 
 #[derive(Deserialize)]
@@ -295,11 +309,27 @@ pub async fn get(
 
 /// `DELETE /v3/routes/:guid`: 202 with a (complete) job in `Location`, as for apps.
 pub async fn delete(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    find_route(&s, &guid).await?;
+    let row = find_route(&s, &guid).await?;
+    let route = route_json(&s, &row).await?;
+    let url = route["url"].as_str().unwrap_or_default();
+    let target = Target {
+        kind: "route",
+        guid: &guid,
+        name: url,
+    };
+    audit::record(
+        &s,
+        "audit.route.delete-request",
+        Actor::User(&user),
+        target,
+        Some(&row.space_guid),
+        json!({}),
+    )
+    .await;
     sqlx::query("DELETE FROM routes WHERE guid = $1")
         .bind(&guid)
         .execute(&s.db)
@@ -335,18 +365,32 @@ pub struct DestinationProcess {
 
 /// `POST /v3/routes/:guid/destinations`: adds destinations.
 pub async fn add_destinations(
-    _: User,
+    user: User,
     State(s): State<AppState>,
     Path(guid): Path<String>,
     ApiJson(body): ApiJson<Destinations>,
 ) -> ApiResult<Json<Value>> {
     let route = find_route(&s, &guid).await?;
+    let url = route_json(&s, &route).await?["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     for d in &body.destinations {
-        super::apps::find(&s, &d.app.guid)
+        let app = super::apps::find(&s, &d.app.guid)
             .await
             .map_err(|_| ApiError::Unprocessable(format!("App {} does not exist", d.app.guid)))?;
         let kind = d.app.process.as_ref().map_or("web", |p| p.kind.as_str());
         add_destination(&s, &guid, &d.app.guid, kind).await?;
+        let data = json!({"route_guid": guid, "route": url, "process_type": kind});
+        audit::record(
+            &s,
+            "audit.app.map-route",
+            Actor::User(&user),
+            audit::app(&app.guid, &app.name),
+            Some(&app.space_guid),
+            data,
+        )
+        .await;
     }
     let full = route_json(&s, &route).await?;
     Ok(Json(

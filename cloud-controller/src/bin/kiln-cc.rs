@@ -38,9 +38,23 @@ struct Args {
     /// The stack apps stage on unless they say otherwise.
     #[arg(long, env = "KILN_CC_DEFAULT_STACK", default_value = "bookworm")]
     default_stack: String,
+    /// A stack there is, as NAME=DESCRIPTION (repeat the flag; default: bookworm and tiny).
+    /// Stacks stagers advertise are added on their own.
+    #[arg(long = "stack", env = "KILN_CC_STACKS", value_delimiter = ',')]
+    stacks: Vec<String>,
+    /// How often unreferenced blobs are removed, in seconds.
+    #[arg(long, env = "KILN_CC_BLOB_GC_INTERVAL", default_value_t = 3600)]
+    blob_gc_interval_secs: u64,
+    /// The stagers' built-in buildpacks made admin buildpacks at first start, in detection
+    /// order (default: python, nodejs, binary, procfile, staticfile).
+    #[arg(long, env = "KILN_CC_BUILTIN_BUILDPACKS", value_delimiter = ',')]
+    builtin_buildpacks: Vec<String>,
     /// The largest upload, in MiB.
     #[arg(long, env = "KILN_CC_MAX_UPLOAD_MB", default_value_t = 1024)]
     max_upload_mb: u64,
+    /// The smallest file kept in the resource pool (matched by `resource_matches`), in bytes.
+    #[arg(long, env = "KILN_CC_RESOURCE_POOL_MIN_BYTES", default_value_t = 1)]
+    resource_pool_min_bytes: u64,
 }
 
 #[tokio::main]
@@ -61,6 +75,21 @@ async fn main() -> Result<()> {
     config.default_domain = args.default_domain;
     config.default_stack = args.default_stack;
     config.max_upload_bytes = args.max_upload_mb << 20;
+    if !args.builtin_buildpacks.is_empty() {
+        config.builtin_buildpacks = args.builtin_buildpacks;
+    }
+    config.resource_pool_min_bytes = args.resource_pool_min_bytes;
+    config.blob_gc_interval_secs = args.blob_gc_interval_secs;
+    if !args.stacks.is_empty() {
+        config.stacks = args
+            .stacks
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((name, description)) => (name.to_string(), description.to_string()),
+                None => (s.to_string(), String::new()),
+            })
+            .collect();
+    }
     let started = kiln_cloud_controller::start(config).await?;
     if let Some(password) = &started.admin_password {
         println!(

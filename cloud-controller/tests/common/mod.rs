@@ -209,3 +209,41 @@ pub fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     }
     w.finish().unwrap().into_inner()
 }
+
+impl Controller {
+    /// Creates a bits package for `app` and uploads `form`; returns (status, package JSON).
+    pub async fn upload_form(&self, app: &str, form: reqwest::multipart::Form) -> (u16, Value) {
+        let (status, package) = self
+            .post("/v3/packages", serde_json::json!({"type": "bits", "relationships": {"app": {"data": {"guid": app}}}}))
+            .await;
+        assert_eq!(status, 201, "{package}");
+        let guid = package["guid"].as_str().unwrap();
+        send(
+            self.req(
+                reqwest::Method::POST,
+                &format!("/v3/packages/{guid}/upload"),
+            )
+            .multipart(form),
+        )
+        .await
+    }
+
+    /// The bytes of `path` (a download), with a 200.
+    pub async fn download(&self, path: &str) -> Vec<u8> {
+        let resp = self.req(reqwest::Method::GET, path).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        resp.bytes().await.unwrap().to_vec()
+    }
+}
+
+/// A zip of `files` with their unix permission bits.
+pub fn zip_with_modes(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body, mode) in files {
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+        w.start_file(*name, options).unwrap();
+        w.write_all(body).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}

@@ -178,7 +178,7 @@ impl Inner {
 
         // Whatever happens below, wait for the rules: teardown must not race their creation.
         let made = (|| -> Result<OwnedFd> {
-            let paths = self.volume_paths(&handle);
+            let paths = self.volume_paths(record);
             self.volumes.create(
                 &handle,
                 stack_rootfs,
@@ -241,7 +241,7 @@ impl Inner {
         if network::iptables_restore(&chains.delete_created()).is_err() {
             network::iptables_restore(&chains.delete(&network::iptables_save()?))?;
         }
-        self.volumes.destroy(handle, &self.volume_paths(handle))?;
+        self.volumes.destroy(handle, &self.volume_paths(record))?;
         if dir.path().exists() {
             std::fs::remove_dir_all(dir.path())
                 .map_err(|e| Error::io("remove container directory", dir.path(), e))?;
@@ -335,6 +335,14 @@ fn validate(spec: &ContainerSpec) -> Result<()> {
             return Err(Error::InvalidSpec(format!(
                 "bind mount source {} does not exist",
                 bind.host_path.display()
+            )));
+        }
+    }
+    for layer in &spec.layers {
+        if !layer.is_absolute() || !layer.is_dir() {
+            return Err(Error::InvalidSpec(format!(
+                "layer {}: must be an existing directory, given by an absolute path",
+                layer.display()
             )));
         }
     }

@@ -397,10 +397,13 @@ impl Inner {
         ContainerDir::new(&self.containers_dir, handle)
     }
 
-    fn volume_paths(&self, handle: &str) -> VolumePaths {
-        let dir = self.dir(handle);
+    fn volume_paths(&self, record: &ContainerRecord) -> VolumePaths {
+        let dir = self.dir(&record.spec.handle);
         VolumePaths {
             lower: dir.lower(),
+            layers: (0..record.spec.layers.len())
+                .map(|i| (record.spec.layers[i].clone(), dir.layer(i)))
+                .collect(),
             rootfs: dir.rootfs(),
         }
     }

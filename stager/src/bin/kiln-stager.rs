@@ -55,6 +55,10 @@ struct Args {
     /// The folder of built-in buildpacks (default: the repository's buildpacks/).
     #[arg(long, env = "KILN_STAGER_BUILDPACKS")]
     buildpacks: Option<PathBuf>,
+    /// Where admin buildpacks are cached, unpacked, by the sha256 of their zip (default:
+    /// `<data-dir>/buildpack-cache`).
+    #[arg(long, env = "KILN_STAGER_BUILDPACK_CACHE")]
+    buildpack_cache: Option<PathBuf>,
     /// A file holding the internal credential for the controller's internal endpoints, sent
     /// as `Authorization: Bearer <token>` (never given to a staging container).
     #[arg(long, env = "KILN_STAGER_INTERNAL_TOKEN_FILE")]
@@ -214,6 +218,10 @@ async fn serve_with(args: &Args, backend: Backend, stop: CancellationToken) -> R
     );
     settings.max_stagings = usize::from(args.max_stagings);
     settings.token = token;
+    settings.buildpack_cache = args
+        .buildpack_cache
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("buildpack-cache"));
     settings.grace = Duration::from_secs(args.shutdown_grace);
     let summary = service::run(client, backend, settings, stop.cancelled_owned())
         .await

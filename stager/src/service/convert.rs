@@ -41,18 +41,28 @@ pub(crate) struct Files {
 }
 
 /// The library request for bus request `r`, whose files are `files`. `builtin` are the
-/// stager's built-in buildpacks: a request may name only those (never a path on the host).
+/// stager's built-in buildpacks: a request may name only those (never a path on the host), or
+/// admin buildpacks by reference. With references, the request's `buildpacks` are left for
+/// the caller to fill once they are fetched ([`super::buildpacks::prepare`]).
 pub(crate) fn staging_request(
     r: &kiln_bus::StagingRequest,
     files: Files,
     builtin: &[String],
 ) -> Result<StagingRequest, BuildError> {
     check_guid(&r.build_guid)?;
-    if let Some(unknown) = r.buildpacks.iter().find(|b| !builtin.contains(b)) {
-        return Err(BuildError::InvalidRequest(format!(
-            "unknown buildpack `{unknown}`: this stager has only its built-in buildpacks ({})",
+    let unknown_builtin = |name: &str| {
+        BuildError::InvalidRequest(format!(
+            "unknown buildpack `{name}`: this stager has only its built-in buildpacks ({})",
             builtin.join(", ")
-        )));
+        ))
+    };
+    for b in &r.buildpack_refs {
+        check_ref(b, builtin).map_err(BuildError::InvalidRequest)?;
+    }
+    if r.buildpack_refs.is_empty() {
+        if let Some(unknown) = r.buildpacks.iter().find(|b| !builtin.contains(b)) {
+            return Err(unknown_builtin(unknown));
+        }
     }
     let egress = r
         .egress
@@ -64,7 +74,13 @@ pub(crate) fn staging_request(
         id: r.build_guid.clone(),
         app: files.package,
         stack: r.stack.clone(),
-        buildpacks: r.buildpacks.clone(),
+        buildpacks: if r.buildpack_refs.is_empty() {
+            r.buildpacks.clone()
+        } else {
+            Vec::new()
+        },
+        // Refs without names are the candidates of a detection.
+        detect: !r.buildpack_refs.is_empty() && r.buildpacks.is_empty(),
         env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         cache_in: files.cache_in,
         droplet_out: files.droplet,
@@ -73,6 +89,28 @@ pub(crate) fn staging_request(
         egress,
         start_command: r.start_command.clone().filter(|c| !c.trim().is_empty()),
     })
+}
+
+/// Checks a buildpack reference: a name that can name a file, and either a built-in of this
+/// stager or a URL with the sha256 of its zip.
+fn check_ref(b: &kiln_bus::BuildpackRef, builtin: &[String]) -> Result<(), String> {
+    let name: String = b.name.chars().take(250).collect();
+    if !super::buildpacks::valid_name(&b.name) {
+        return Err(format!(
+            "buildpack name `{name}` must be 1 to 250 letters, digits, `_` or `-`"
+        ));
+    }
+    match (&b.url, &b.sha256) {
+        (None, _) if builtin.contains(&b.name) => Ok(()),
+        (None, _) => Err(format!(
+            "unknown buildpack `{name}`: this stager has only its built-in buildpacks ({}), and the request gives no URL for it",
+            builtin.join(", ")
+        )),
+        (Some(_), Some(sha)) if super::buildpacks::valid_sha256(sha) => Ok(()),
+        (Some(_), _) => Err(format!(
+            "buildpack `{name}` comes with a URL but without the sha256 of its zip (64 lowercase hex digits)"
+        )),
+    }
 }
 
 /// The request's limits; a zero means the default.
@@ -153,6 +191,8 @@ pub(crate) fn staged(result: &StagingResult) -> StagedDroplet {
 
 #[cfg(test)]
 mod tests {
+    use kiln_bus::BuildpackRef;
+
     use super::*;
 
     fn request() -> kiln_bus::StagingRequest {
@@ -161,6 +201,7 @@ mod tests {
             app_guid: "a-1".into(),
             stack: "tiny".into(),
             buildpacks: vec![],
+            buildpack_refs: vec![],
             env: [("K".to_string(), "V".to_string())].into(),
             package_url: "http://cc/packages/a".into(),
             droplet_upload_url: "http://cc/droplets/b".into(),
@@ -230,6 +271,58 @@ mod tests {
         );
         r.buildpacks = vec!["binary".into()];
         assert!(staging_request(&r, files(), &["binary".into()]).is_ok());
+    }
+
+    fn admin(name: &str, sha: &str) -> BuildpackRef {
+        BuildpackRef {
+            name: name.into(),
+            sha256: Some(sha.into()),
+            url: Some(format!("http://cc/internal/v1/buildpacks/{name}/bits")),
+        }
+    }
+
+    #[test]
+    fn buildpack_refs_are_built_ins_or_urls_with_a_digest_and_unnamed_ones_are_detected() {
+        let builtin = ["staticfile".to_string(), "binary".to_string()];
+        let mut r = request();
+        r.buildpack_refs = vec![
+            admin("mine", &"a".repeat(64)),
+            BuildpackRef {
+                name: "binary".into(),
+                sha256: None,
+                url: None,
+            },
+        ];
+        let staging = staging_request(&r, files(), &builtin).unwrap();
+        assert!(staging.detect && staging.buildpacks.is_empty());
+        r.buildpacks = vec!["mine".into(), "binary".into()];
+        assert!(!staging_request(&r, files(), &builtin).unwrap().detect);
+        for (bad, why) in [
+            (admin("../etc", &"a".repeat(64)), "must be 1 to 250 letters"),
+            (admin("mine", "nothex"), "without the sha256"),
+            (
+                BuildpackRef {
+                    name: "python".into(),
+                    sha256: None,
+                    url: None,
+                },
+                "unknown buildpack `python`",
+            ),
+        ] {
+            r.buildpack_refs = vec![bad];
+            let err = staging_request(&r, files(), &builtin).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_request_of_an_older_controller_without_refs_still_parses() {
+        let mut old = serde_json::to_value(request()).unwrap();
+        old.as_object_mut().unwrap().remove("buildpack_refs");
+        let parsed: kiln_bus::StagingRequest =
+            kiln_bus::decode("s", old.to_string().as_bytes()).unwrap();
+        assert!(parsed.buildpack_refs.is_empty());
+        assert_eq!(parsed, request());
     }
 
     #[test]

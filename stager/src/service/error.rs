@@ -137,6 +137,38 @@ pub enum BuildError {
         #[source]
         source: TransferError,
     },
+    /// An admin buildpack could not be downloaded.
+    #[error("downloading buildpack `{name}` from {url}: {source}")]
+    Buildpack {
+        /// The buildpack.
+        name: String,
+        /// Where from (without its query).
+        url: String,
+        /// Why.
+        #[source]
+        source: TransferError,
+    },
+    /// An admin buildpack's download is not the zip the controller named.
+    #[error("buildpack `{name}` downloaded from {url} has sha256 {actual}, not {expected} as the staging request says: it was not used (was it uploaded again meanwhile? stage again)")]
+    BuildpackChecksum {
+        /// The buildpack.
+        name: String,
+        /// Where from (without its query).
+        url: String,
+        /// What the request said.
+        expected: String,
+        /// What came.
+        actual: String,
+    },
+    /// The stager's buildpack cache could not be used.
+    #[error("the buildpack cache at {}: {source}", path.display())]
+    BuildpackCache {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Staging failed.
     #[error("{0}")]
     Staging(#[from] StagingError),

@@ -1,4 +1,5 @@
-//! One build: download the package (and the previous cache), stage it, upload the droplet
+//! One build: download the package (and the previous cache) and the admin buildpacks it
+//! names, stage it, upload the droplet
 //! (and the new cache), publish the result. The log is published line by line as it is
 //! written, in order, and always before the result. The build's files live in a temp dir of
 //! their own, removed whatever happens (also when the build is abandoned at shutdown).
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::buildpacks;
 use super::convert::{self, Files};
 use super::error::BuildError;
 use super::server::{publish, Shared};
@@ -124,6 +126,19 @@ async fn stage(
                 );
             }
         }
+    }
+
+    if !r.buildpack_refs.is_empty() {
+        request.buildpacks = buildpacks::prepare(
+            &shared.transfers,
+            &settings.buildpack_cache,
+            &settings.buildpacks_dir,
+            &r.buildpack_refs,
+            &work,
+            limit,
+            |line| log.line(Stream::Out, line),
+        )
+        .await?;
     }
 
     let result = Stager::new(&shared.backend, &settings.buildpacks_dir)

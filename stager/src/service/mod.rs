@@ -9,12 +9,14 @@
 //! ([`kiln_bus::StagerAdvertise`]: its stacks, the builds it runs, its free slots).
 //!
 //! Layout: `server` is the loop (slots, advertising, graceful stop), `job` one build,
-//! `transfer` the HTTP downloads and uploads, `convert` the checks and conversions between
-//! the bus's messages and the library's request and result, `error` the errors.
+//! `transfer` the HTTP downloads and uploads, `buildpacks` the admin buildpacks (downloaded,
+//! checked against their sha256, cached unpacked), `convert` the checks and conversions
+//! between the bus's messages and the library's request and result, `error` the errors.
 //!
 //! The container backend, the stacks it holds and the bus connection are made by the caller
 //! (the `kiln-stager` binary), which also destroys the backend's leftovers when `run` returns.
 
+mod buildpacks;
 mod convert;
 mod error;
 mod job;

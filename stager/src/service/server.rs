@@ -45,6 +45,8 @@ pub struct Settings {
     pub token: Option<Token>,
     /// Where each build's temp dir is made.
     pub work_dir: PathBuf,
+    /// Where admin buildpacks are kept, unpacked, by the sha256 of their zip.
+    pub buildpack_cache: PathBuf,
     /// How long running stagings may take to finish once the service is asked to stop.
     pub grace: Duration,
     /// How often the stager advertises itself.
@@ -52,8 +54,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with 2 stagings at once, the system temp dir, a 60 s grace, no token, and the
-    /// bus's advertisement interval.
+    /// Settings with 2 stagings at once, the system temp dir (also for the buildpack cache, in
+    /// `kiln-stager-buildpacks`), a 60 s grace, no token, and the bus's advertisement interval.
     pub fn new(id: &str, stacks: Vec<String>, buildpacks_dir: impl Into<PathBuf>) -> Settings {
         Settings {
             id: id.to_string(),
@@ -62,6 +64,7 @@ impl Settings {
             max_stagings: 2,
             token: None,
             work_dir: std::env::temp_dir(),
+            buildpack_cache: std::env::temp_dir().join("kiln-stager-buildpacks"),
             grace: Duration::from_secs(60),
             advertise_interval: Duration::from_secs(ADVERTISE_INTERVAL_SECS),
         }
@@ -189,6 +192,7 @@ pub async fn run(
     let mut settings = settings;
     settings.max_stagings = settings.max_stagings.max(1);
     let transfers = Transfers::new(settings.token.clone())?;
+    super::buildpacks::sweep(&settings.buildpack_cache);
     let mut requests = client
         .queue_subscribe(STAGING_REQUEST, STAGER_QUEUE.to_string())
         .await

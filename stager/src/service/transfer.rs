@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::error::{ServiceError, TransferError};
@@ -84,6 +85,31 @@ impl Transfers {
         limit: u64,
         missing_ok: bool,
     ) -> Result<bool, TransferError> {
+        Ok(self.fetch(url, to, limit, missing_ok).await?.is_some())
+    }
+
+    /// GETs `url` into the new file `to` like [`Transfers::download`] (404 is an error) and
+    /// returns the hex sha256 of what it wrote, hashed as it streamed.
+    pub(crate) async fn download_hashed(
+        &self,
+        url: &str,
+        to: &Path,
+        limit: u64,
+    ) -> Result<String, TransferError> {
+        self.fetch(url, to, limit, false)
+            .await?
+            .ok_or(TransferError::Status(StatusCode::NOT_FOUND))
+    }
+
+    /// The download: `None` when `missing_ok` and the server answers 404, else the sha256 of
+    /// the body written.
+    async fn fetch(
+        &self,
+        url: &str,
+        to: &Path,
+        limit: u64,
+        missing_ok: bool,
+    ) -> Result<Option<String>, TransferError> {
         let url = parse(url)?;
         let response = self
             .authorized(self.client.get(url))
@@ -92,7 +118,7 @@ impl Transfers {
             .map_err(TransferError::http)?;
         let status = response.status();
         if missing_ok && status == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(None);
         }
         if !status.is_success() {
             return Err(TransferError::Status(status));
@@ -108,12 +134,14 @@ impl Transfers {
             .map_err(TransferError::io("creating", to))?;
         let mut body = response.bytes_stream();
         let mut written = 0u64;
+        let mut hash = Sha256::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(TransferError::http)?;
             written += chunk.len() as u64;
             if written > limit {
                 return Err(too_large);
             }
+            hash.update(&chunk);
             file.write_all(&chunk)
                 .await
                 .map_err(TransferError::io("writing", to))?;
@@ -121,7 +149,7 @@ impl Transfers {
         file.flush()
             .await
             .map_err(TransferError::io("writing", to))?;
-        Ok(true)
+        Ok(Some(hex::encode(hash.finalize())))
     }
 
     /// PUTs the file `from` to `url` as `application/gzip`, streamed.

@@ -1,0 +1,135 @@
+//! Desired state, read from the database: every process of a STARTED app with a STAGED
+//! current droplet, with what a cell needs to run its instances.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::db::Db;
+
+/// A process that should run `instances` instances.
+#[derive(Debug, Clone)]
+pub struct DesiredProcess {
+    /// The process.
+    pub guid: String,
+    /// Its type.
+    pub kind: String,
+    /// Changes on restart and on a new droplet: instances of another version are replaced.
+    pub version: String,
+    /// How many instances.
+    pub instances: u32,
+    /// Limits, MiB.
+    pub memory_mb: u64,
+    /// Limits, MiB.
+    pub disk_mb: u64,
+    /// `port`, `http` or `process`.
+    pub health_check: String,
+    /// The command, or why there is none.
+    pub command: Result<String, String>,
+    /// The app.
+    pub app_guid: String,
+    /// Its name.
+    pub app_name: String,
+    /// Its space.
+    pub space_guid: String,
+    /// Its environment variables.
+    pub env: BTreeMap<String, String>,
+    /// The droplet.
+    pub droplet_guid: String,
+    /// Its sha256.
+    pub droplet_sha256: String,
+    /// Its stack.
+    pub stack: String,
+    /// The routes of this app and process type (`host.domain/path`).
+    pub routes: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    guid: String,
+    kind: String,
+    version: String,
+    command: Option<String>,
+    instances: i64,
+    memory_mb: i64,
+    disk_mb: i64,
+    health_check_type: String,
+    app_guid: String,
+    app_name: String,
+    space_guid: String,
+    env: String,
+    droplet_guid: String,
+    droplet_sha256: Option<String>,
+    stack: String,
+    process_types: String,
+    start_command: Option<String>,
+}
+
+const QUERY: &str = "SELECT p.guid, p.kind, p.version, p.command, p.instances, p.memory_mb, p.disk_mb, p.health_check_type,
+        a.guid AS app_guid, a.name AS app_name, a.space_guid, a.env,
+        d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, d.process_types, d.start_command
+    FROM processes p
+    JOIN apps a ON a.guid = p.app_guid
+    JOIN droplets d ON d.guid = a.droplet_guid
+    WHERE a.state = 'STARTED' AND d.state = 'STAGED' AND p.instances > 0";
+
+const ROUTES: &str = "SELECT rd.app_guid, rd.process_type, r.host, r.path, dm.name
+    FROM route_destinations rd
+    JOIN routes r ON r.guid = rd.route_guid
+    JOIN domains dm ON dm.guid = r.domain_guid";
+
+/// Every desired process, by guid.
+pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(QUERY).fetch_all(db).await?;
+    let routes: Vec<(String, String, String, String, String)> =
+        sqlx::query_as(ROUTES).fetch_all(db).await?;
+    let mut by_process: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for (app, kind, host, path, domain) in routes {
+        let url = if host.is_empty() {
+            format!("{domain}{path}")
+        } else {
+            format!("{host}.{domain}{path}")
+        };
+        by_process.entry((app, kind)).or_default().push(url);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let types: BTreeMap<String, String> =
+                serde_json::from_str(&r.process_types).unwrap_or_default();
+            let command = r
+                .command
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .or_else(|| types.get(&r.kind).cloned())
+                .or_else(|| r.start_command.clone().filter(|_| r.kind == "web"))
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "the droplet has no command for process type {}: set one with the process's command",
+                        r.kind
+                    )
+                });
+            let routes = by_process
+                .remove(&(r.app_guid.clone(), r.kind.clone()))
+                .unwrap_or_default();
+            let p = DesiredProcess {
+                guid: r.guid.clone(),
+                kind: r.kind,
+                version: r.version,
+                instances: u32::try_from(r.instances).unwrap_or(0),
+                memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
+                disk_mb: u64::try_from(r.disk_mb).unwrap_or(0),
+                health_check: r.health_check_type,
+                command,
+                app_guid: r.app_guid,
+                app_name: r.app_name,
+                space_guid: r.space_guid,
+                env: serde_json::from_str(&r.env).unwrap_or_default(),
+                droplet_guid: r.droplet_guid,
+                droplet_sha256: r.droplet_sha256.unwrap_or_default(),
+                stack: r.stack,
+                routes,
+            };
+            (r.guid, p)
+        })
+        .collect())
+}

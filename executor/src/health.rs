@@ -1,0 +1,102 @@
+//! Health probes of an instance, from the host through its NetIn port on `127.0.0.1`: `port`
+//! (a TCP connection is accepted), `http` (a GET of the endpoint answers 200) and `process`
+//! (the process is alive, which the instance's own task knows: always healthy here).
+
+use std::time::Duration;
+
+use kiln_bus::cell::{HealthCheck, HealthCheckType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One probe of `check` against `127.0.0.1:port`, given at most `timeout`.
+pub async fn probe(check: &HealthCheck, port: u16, timeout: Duration) -> bool {
+    let attempt = async {
+        match check.kind {
+            HealthCheckType::Process => true,
+            HealthCheckType::Port => TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+            HealthCheckType::Http => {
+                let endpoint = check.endpoint.as_deref().unwrap_or("/");
+                http_ok(port, endpoint).await.unwrap_or(false)
+            }
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether `GET endpoint` on `127.0.0.1:port` answers 200.
+async fn http_ok(port: u16, endpoint: &str) -> std::io::Result<bool> {
+    let path = if endpoint.starts_with('/') {
+        endpoint.to_string()
+    } else {
+        format!("/{endpoint}")
+    };
+    // A path with spaces or line breaks would break the request line: never healthy.
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Ok(false);
+    }
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kiln-healthcheck\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    // The status line is all that matters.
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 64];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line.split_whitespace().nth(1);
+    Ok(line.starts_with("HTTP/") && status == Some("200"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn server(answer: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn probes_tell_healthy_from_not() {
+        let t = Duration::from_secs(1);
+        let ok = server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let missing = server("HTTP/1.0 404 Not Found\r\n\r\n").await;
+        let http = HealthCheck {
+            kind: HealthCheckType::Http,
+            endpoint: Some("/health".into()),
+            ..HealthCheck::default()
+        };
+        assert!(probe(&http, ok, t).await);
+        assert!(!probe(&http, missing, t).await);
+        assert!(probe(&HealthCheck::default(), missing, t).await);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!probe(&HealthCheck::default(), closed, t).await);
+        let process = HealthCheck {
+            kind: HealthCheckType::Process,
+            ..HealthCheck::default()
+        };
+        assert!(probe(&process, closed, t).await);
+    }
+}

@@ -1,0 +1,171 @@
+//! Kiln's executor: the cell agent. It runs app instances in containers of the runc backend
+//! (`kiln-containers`) for the cloud controller, which talks to it only over NATS (the
+//! contract is `kiln_bus::cell`).
+//!
+//! # Layout
+//! - [`config`]: what the cell is and offers, its timings (TOML file and flags).
+//! - [`droplets`]: the droplet cache: download, sha256 check, LRU, unpack once per droplet
+//!   into a read-only container layer.
+//! - [`instance`]: one instance's life: container, process, logs, health, routes, the end.
+//! - [`health`]: `port`, `http` and `process` probes.
+//! - `cell`: capacity, start/stop commands, recovery; `loops`: advertisements, instance
+//!   listings, route re-registration, metrics; `report`: what goes on the bus.
+//!
+//! [`Executor::start`] wires it all on a running backend and bus connection;
+//! [`Executor::shutdown`] is the graceful stop (routes unregistered, instances stopped).
+
+mod cell;
+pub mod config;
+pub mod droplets;
+pub mod error;
+pub mod health;
+pub mod instance;
+mod launch;
+mod loops;
+mod report;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kiln_bus::cell::CellState;
+use kiln_containers::Backend;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::{Config, Timings};
+pub use droplets::{DropletCache, Token};
+pub use error::{DropletError, ExecutorError};
+
+/// A running executor.
+#[derive(Debug)]
+pub struct Executor {
+    shared: Arc<cell::Shared>,
+    loops: Vec<JoinHandle<()>>,
+    stop_loops: CancellationToken,
+}
+
+impl Executor {
+    /// Starts serving on `backend` (stacks imported) and `nats`: destroys and reports the
+    /// instance containers a previous executor left, subscribes to the cell's commands and
+    /// starts advertising.
+    pub async fn start(
+        config: Config,
+        backend: Backend,
+        nats: async_nats::Client,
+    ) -> Result<Executor, ExecutorError> {
+        config.validate().map_err(ExecutorError::Config)?;
+        let token = match &config.internal_token_file {
+            Some(path) => Some(
+                Token::from_file(path)
+                    .map_err(|source| ExecutorError::Token {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| ExecutorError::EmptyToken(path.clone()))?,
+            ),
+            None => None,
+        };
+        let droplets = DropletCache::open(
+            &config.data_dir.join("droplets"),
+            config.droplet_cache_mb.saturating_mul(1 << 20),
+            token,
+        )
+        .map_err(|e| ExecutorError::Config(e.to_string()))?;
+        let shared = Arc::new(cell::Shared {
+            config,
+            backend,
+            nats,
+            droplets,
+            instances: Default::default(),
+            changed: Default::default(),
+            stopping: Default::default(),
+            evacuating: Default::default(),
+            tasks: TaskTracker::new(),
+        });
+        shared.recover().await;
+        shared.clone().serve_commands().await?;
+        let stop_loops = CancellationToken::new();
+        let loops = vec![
+            tokio::spawn(loops::advertise(shared.clone(), stop_loops.clone())),
+            tokio::spawn(loops::list_instances(shared.clone(), stop_loops.clone())),
+            tokio::spawn(loops::register_routes(shared.clone(), stop_loops.clone())),
+            tokio::spawn(loops::metrics(shared.clone(), stop_loops.clone())),
+        ];
+        info!(cell = %shared.config.cell_id, "executor.started");
+        Ok(Executor {
+            shared,
+            loops,
+            stop_loops,
+        })
+    }
+
+    /// The cell's advertisement as of now.
+    pub fn cell_state(&self) -> CellState {
+        self.shared.cell_state()
+    }
+
+    /// The droplet cache (its download and unpack counters).
+    pub fn droplets(&self) -> &DropletCache {
+        &self.shared.droplets
+    }
+
+    /// The evacuation hook: advertises the cell as evacuating so nothing new is placed on
+    /// it. (Later: wait for the controller to start each instance elsewhere before stopping
+    /// it here; today [`Executor::shutdown`] stops them right away.)
+    pub fn evacuate(&self) {
+        self.shared.evacuating.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_one();
+    }
+
+    /// Graceful stop: refuses new starts, stops every instance (routes unregistered first,
+    /// SIGTERM, grace, SIGKILL, container destroyed, STOPPED reported), then ends its loops.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        self.evacuate();
+        let instances: Vec<_> = shared.instances().values().cloned().collect();
+        info!(instances = instances.len(), "executor.stopping");
+        for inst in instances {
+            inst.stop.cancel();
+        }
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        // The last advertisement shows the cell empty and evacuating.
+        report::publish(
+            &shared.nats,
+            kiln_bus::cell::CELL_ADVERTISE.to_string(),
+            &shared.cell_state(),
+        )
+        .await;
+        let _ = shared.nats.flush().await;
+        self.stop_loops.cancel();
+        for task in self.loops {
+            let _ = task.await;
+        }
+        info!("executor.stopped");
+    }
+}
+
+/// Imports `stack` into `backend` from the machine's stack cache, building it there the first
+/// time (`kiln_rootfs::recipes::cached`).
+pub async fn import_stack(backend: &Backend, stack: &str) -> Result<(), ExecutorError> {
+    let failed = |message: String| ExecutorError::Stack {
+        stack: stack.to_string(),
+        message,
+    };
+    if !kiln_rootfs::recipes::KNOWN.contains(&stack) {
+        return Err(failed(format!(
+            "unknown (known: {})",
+            kiln_rootfs::recipes::KNOWN.join(", ")
+        )));
+    }
+    let name = stack.to_string();
+    let layout = tokio::task::spawn_blocking(move || kiln_rootfs::recipes::cached(&name))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
+    backend.import_stack(&layout.dir, stack).await?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! An executor running in the test process on its own runtime, with everything it needs;
+//! dropped (even on a failed assertion): the runtime ends (every task with it), then the
+//! backend destroys what is left and unmounts its store.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kiln_containers::Backend;
+use kiln_executor::{Config, Executor};
+
+use super::{config, DropletServer, Recorder};
+
+pub struct Cell {
+    /// Dropped first: its tasks hold the backend.
+    pub rt: Option<tokio::runtime::Runtime>,
+    pub executor: Option<Executor>,
+    pub backend: Option<Backend>,
+    pub client: async_nats::Client,
+    pub bus: Recorder,
+    pub droplets: DropletServer,
+    pub config: Config,
+    pub nats: kiln_testkit::Nats,
+    _dir: tempfile::TempDir,
+}
+
+impl Cell {
+    pub fn new(index: u8) -> Cell {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = kiln_testkit::Nats::start();
+        let config = config(index, dir.path(), &nats.url);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (backend, client, bus, droplets) = rt.block_on(async {
+            let backend = Backend::new(config.backend_config())
+                .await
+                .expect("backend");
+            kiln_executor::import_stack(&backend, "tiny")
+                .await
+                .expect("tiny stack");
+            let client = async_nats::connect(&nats.url).await.expect("nats");
+            let bus = Recorder::start(&client).await;
+            (backend, client, bus, DropletServer::start().await)
+        });
+        let mut cell = Cell {
+            rt: Some(rt),
+            executor: None,
+            backend: Some(backend),
+            client,
+            bus,
+            droplets,
+            config,
+            nats,
+            _dir: dir,
+        };
+        cell.start_executor();
+        cell
+    }
+
+    pub fn start_executor(&mut self) {
+        let (config, backend, url) = (
+            self.config.clone(),
+            self.backend().clone(),
+            self.nats.url.clone(),
+        );
+        let executor = self.block_on(async move {
+            let nats = async_nats::connect(&url).await.expect("nats");
+            Executor::start(config, backend, nats)
+                .await
+                .expect("executor starts")
+        });
+        self.executor = Some(executor);
+    }
+
+    pub fn backend(&self) -> &Backend {
+        self.backend.as_ref().expect("backend")
+    }
+
+    pub fn executor(&self) -> &Executor {
+        self.executor.as_ref().expect("executor")
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.as_ref().expect("runtime").block_on(f)
+    }
+
+    /// Publishes a command.
+    pub async fn send<T: serde::Serialize>(&self, subject: String, message: &T) {
+        self.client
+            .publish(subject, kiln_bus::encode(message).into())
+            .await
+            .expect("publish");
+        self.client.flush().await.expect("flush");
+    }
+
+    /// Stops the executor gracefully.
+    pub fn shutdown(&mut self) {
+        if let Some(executor) = self.executor.take() {
+            self.block_on(executor.shutdown());
+        }
+    }
+
+    /// What the backend still holds on the machine.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.backend().resources_on_machine()
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        drop(self.executor.take());
+        drop(self.backend.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(20));
+        }
+        if let Err(e) = Backend::destroy_all(&self.config.backend_config()) {
+            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        }
+    }
+}
