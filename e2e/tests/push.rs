@@ -1,6 +1,7 @@
-//! The push sequence against the real parts: a controller (SQLite, blobstore), a NATS server,
-//! and a stager with a container backend on the tiny stack. Test index 59 (address pool
-//! 10.244.59.0/26, ports 41180-41199).
+//! The push sequence against the real parts: a controller (blobstore; SQLite in one test,
+//! PostgreSQL in the other), a NATS server, and a stager with a container backend on the tiny
+//! stack. Test indexes 59 (SQLite: address pool 10.244.59.0/26, ports 41180-41199) and 49
+//! (PostgreSQL: 10.244.49.0/26, ports 40980-40999).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,17 @@ fn staticfile_zip() -> Vec<u8> {
 
 #[tokio::test]
 async fn push_stages_on_a_real_stager_and_the_droplet_is_downloadable_and_correct() {
+    push_on(59, None).await;
+}
+
+#[tokio::test]
+async fn push_with_postgresql_stages_and_the_droplet_is_downloadable_and_correct() {
+    push_on(49, Some(kiln_testkit::postgres_database())).await;
+}
+
+/// The push sequence with a stager backend of test index `index`, and the controller on
+/// `database_url` (None: SQLite).
+async fn push_on(index: u32, database_url: Option<String>) {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "the end-to-end tests need root (containers)");
@@ -41,6 +53,7 @@ async fn push_stages_on_a_real_stager_and_the_droplet_is_downloadable_and_correc
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.nats_url = nats.url.clone();
     config.default_stack = "tiny".into();
+    config.database_url = database_url;
     let cc = kiln_cloud_controller::start(config)
         .await
         .expect("controller starts");
@@ -51,10 +64,10 @@ async fn push_stages_on_a_real_stager_and_the_droplet_is_downloadable_and_correc
     let backend_config = Config {
         data_dir: dir.path().join("stager"),
         stacks_dir: dir.path().join("stacks"),
-        network_pool: "10.244.59.0/26".into(),
-        port_range_start: 41180,
+        network_pool: format!("10.244.{index}.0/26"),
+        port_range_start: u16::try_from(40000 + 20 * index).unwrap(),
         port_range_size: 20,
-        uid_range_start: (1 << 28) + 59 * (16 << 16),
+        uid_range_start: (1 << 28) + index * (16 << 16),
         store_size_bytes: 4 << 30,
         max_containers: 4,
         recovery: Recovery::Destroy,
