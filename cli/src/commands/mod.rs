@@ -1,0 +1,9 @@
+//! The commands that talk to the controller, one module per group.
+
+pub mod app;
+pub mod env;
+pub mod lifecycle;
+pub mod login;
+pub mod logs;
+pub mod platform;
+pub mod routes;
