@@ -11,6 +11,12 @@
 //! messages. App output and lifecycle lines go to [`app_log`]`(app_guid)` ([`AppLogLine`]),
 //! usage to [`INSTANCE_METRICS`] ([`InstanceMetrics`]). Restarting crashed instances is the
 //! controller's job, not the cell's.
+//!
+//! Evacuation: a cell told to drain ([`CellDrain`] on [`drain_subject`]`(cell_id)`, or its
+//! process sent SIGTERM) advertises `evacuating: true` at once and keeps its instances running
+//! and routed; the controller starts each elsewhere and stops it on the draining cell once
+//! the replacement is RUNNING. When the cell has nothing left (or after its evacuation
+//! timeout, stopping what remains) it exits.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +49,11 @@ pub fn start_subject(cell_id: &str) -> String {
 /// Where the controller sends [`InstanceStop`]s for cell `cell_id`.
 pub fn stop_subject(cell_id: &str) -> String {
     format!("kiln.cell.{cell_id}.stop")
+}
+
+/// Where the controller tells cell `cell_id` to drain ([`CellDrain`]).
+pub fn drain_subject(cell_id: &str) -> String {
+    format!("kiln.cell.{cell_id}.drain")
 }
 
 /// The subject of app `app_guid`'s log lines.
@@ -167,6 +178,12 @@ pub struct InstanceStop {
     pub instance_guid: String,
 }
 
+/// Drain the addressed cell: advertise it evacuating (nothing new is placed on it), keep its
+/// instances running and routed until the controller has started each elsewhere and stopped
+/// it here, or until the cell's evacuation timeout (then it stops what remains), and exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellDrain {}
+
 /// The lifecycle state of an instance, as Cloud Foundry shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -178,7 +195,10 @@ pub enum InstanceState {
     /// Ended on its own, by the OOM killer or by failing its health check; its container is
     /// gone. The controller decides about a restart.
     Crashed,
-    /// Stopped as asked; its container is gone.
+    /// Stopped as asked; its container is gone. Also the answer to a start refused by a cell
+    /// that is evacuating or shutting down: nothing is wrong with the instance, and the
+    /// controller places it elsewhere (a refusal for any other reason is CRASHED
+    /// `start_failed`).
     Stopped,
 }
 
@@ -301,6 +321,8 @@ mod tests {
     fn subjects_name_the_cell_and_the_app() {
         assert_eq!(start_subject("cell-1"), "kiln.cell.cell-1.start");
         assert_eq!(stop_subject("cell-1"), "kiln.cell.cell-1.stop");
+        assert_eq!(drain_subject("cell-1"), "kiln.cell.cell-1.drain");
+        assert_eq!(decode::<CellDrain>("s", b"{}").unwrap(), CellDrain {});
         assert_eq!(app_log("a1"), "kiln.logs.app.a1");
         assert_eq!(app_source("web", 0), "APP/PROC/WEB/0");
     }

@@ -3,11 +3,58 @@
 //! exit code, and a droplet answering HTTP until Ctrl-C, after which nothing is left.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_containers::{Backend, Config, Recovery};
+
 const PORT: u16 = 62090;
+
+/// The CLI's local backends under a `KILN_CLI_DIR` (as `cli/src/local.rs` makes them). The CLI
+/// destroys what they made when it exits; on drop, this finishes the job for a test that
+/// failed half-way, and fails the test if something is left.
+struct LocalBackends(PathBuf);
+
+impl LocalBackends {
+    fn configs(&self) -> Vec<Config> {
+        [
+            ("stage", "10.253.0.0/26", 1u32 << 29),
+            ("run", "10.253.0.64/26", (1u32 << 29) + (1 << 26)),
+        ]
+        .into_iter()
+        .map(|(name, pool, uids)| Config {
+            data_dir: self.0.join(name),
+            stacks_dir: self.0.join("stacks"),
+            network_pool: pool.to_string(),
+            uid_range_start: uids,
+            store_size_bytes: 1 << 30,
+            recovery: Recovery::Destroy,
+            ..Config::default()
+        })
+        .collect()
+    }
+}
+
+impl Drop for LocalBackends {
+    fn drop(&mut self) {
+        for config in self.configs() {
+            if !config.data_dir.exists() {
+                continue;
+            }
+            if let Err(e) = Backend::destroy_all(&config) {
+                let message = format!(
+                    "LEAK: cleaning up {} failed, it is left on the machine: {e}",
+                    config.data_dir.display()
+                );
+                eprintln!("{message}");
+                if !std::thread::panicking() {
+                    panic!("{message}");
+                }
+            }
+        }
+    }
+}
 
 fn kiln(cli_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
@@ -42,6 +89,8 @@ fn http_get(port: u16) -> Option<String> {
 fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let cli_dir = dir.path().join("cli");
+    // Dropped before `dir`.
+    let backends = LocalBackends(cli_dir.clone());
     let app = dir.path().join("app");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("page.html"), "Hello from a zipped buildpack\n").unwrap();
@@ -65,6 +114,10 @@ fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
     };
     let (code, out, err) = stage(&["-b", bp.to_str().unwrap()]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        !err.contains("cleaning up"),
+        "the CLI cleaned up after itself: {err}"
+    );
     assert!(out.contains("my-bp: detected"), "{out}");
     assert!(out.contains("cache: empty"), "{out}");
     assert!(out.contains("detected buildpack: zipped"), "{out}");
@@ -73,8 +126,12 @@ fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
         "{out}"
     );
     assert!(out.contains("phases:             create"), "{out}");
-    let (code, out, _) = stage(&["-b", bp.to_str().unwrap()]);
+    let (code, out, err) = stage(&["-b", bp.to_str().unwrap()]);
     assert_eq!(code, Some(0));
+    assert!(
+        !err.contains("cleaning up"),
+        "the CLI cleaned up after itself: {err}"
+    );
     assert!(
         out.contains("cache: reused"),
         "the second staging reuses the cache: {out}"
@@ -97,6 +154,10 @@ fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
         )
     };
     assert_eq!(code, Some(222), "{err}");
+    assert!(
+        !err.contains("cleaning up"),
+        "the CLI cleaned up after itself: {err}"
+    );
     assert!(
         err.contains("no buildpack detected: tried staticfile, binary, python, nodejs, procfile"),
         "{err}"
@@ -126,6 +187,17 @@ fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !err.contains("cleaning up"),
+        "the CLI cleaned up after itself: {err}"
+    );
     assert!(
         answer.is_some(),
         "the droplet never answered on {PORT}:\n{out}"
@@ -144,6 +216,21 @@ fn stage_then_run_a_droplet_locally_and_leave_nothing_behind() {
         "nothing stays mounted under {}",
         cli_dir.display()
     );
-    let runc = Command::new("runc").arg("list").output().unwrap();
-    assert!(!String::from_utf8_lossy(&runc.stdout).contains(&format!("run-droplet-{}", child.id())));
+    for config in backends.configs() {
+        let root = config.data_dir.join("runc");
+        if root.exists() {
+            let runc = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+                .unwrap();
+            let left = String::from_utf8_lossy(&runc.stdout).trim().to_string();
+            assert!(
+                left.is_empty(),
+                "containers left in {}: {left}",
+                root.display()
+            );
+        }
+    }
 }

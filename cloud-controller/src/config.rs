@@ -13,6 +13,9 @@ pub struct Config {
     /// The URL clients reach the API at (`https://api.example.com`), used in links; by
     /// default `http://<listen address>`.
     pub external_url: Option<String>,
+    /// The port clients reach app routes at through the router, when it is not 80 (shown in
+    /// `GET /` so that clients print working app URLs).
+    pub apps_port: Option<u16>,
     /// A PostgreSQL URL (`postgres://user:password@host:port/database`); none: SQLite in the
     /// data dir.
     pub database_url: Option<String>,
@@ -61,6 +64,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9022)),
             internal_url: None,
             external_url: None,
+            apps_port: None,
             database_url: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             default_domain: "apps.kiln.local".into(),

@@ -16,6 +16,19 @@ async fn every_endpoint_but_root_and_token_needs_a_valid_unexpired_token(db: Db)
         .as_str()
         .unwrap()
         .ends_with("/v3"));
+    // Without a configured apps port, app routes are served on 80.
+    assert_eq!(root["links"]["app_routes"]["meta"]["port"], 80);
+    assert_eq!(
+        root["links"]["app_routes"]["href"],
+        "http://apps.kiln.local"
+    );
+    let on_8081 = Controller::start_with(db, |c| c.apps_port = Some(8081)).await;
+    let (_, root) = send(on_8081.http.get(format!("{}/", on_8081.url))).await;
+    assert_eq!(
+        root["links"]["app_routes"]["href"],
+        "http://apps.kiln.local:8081"
+    );
+    drop(on_8081);
 
     let (status, body) = send(cc.http.get(format!("{}/v3/apps", cc.url))).await;
     assert_eq!((status, error_title(&body)), (401, "CF-NotAuthenticated"));

@@ -97,12 +97,31 @@ pub enum Error {
     },
 
     #[error(
+        "destroying container {handle:?} failed: {source}{}",
+        others_note(others)
+    )]
+    DestroyFailed {
+        handle: String,
+        source: Box<Error>,
+        /// Other containers that could not be destroyed either.
+        others: Vec<String>,
+    },
+
+    #[error(
         "the data dir {0} is in use by another backend: stop it first (one backend per data dir)"
     )]
     DataDirInUse(PathBuf),
 
     #[error("backend task failed: {0}")]
     Task(String),
+}
+
+fn others_note(others: &[String]) -> String {
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {others:?} are left too)")
+    }
 }
 
 fn cleanup_note(cleanup: &Option<Box<Error>>) -> String {

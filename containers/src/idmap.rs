@@ -92,7 +92,10 @@ pub fn mount_idmapped(source: &Path, target: &Path, ids: IdRange) -> io::Result<
 /// A user namespace mapping 0..size to `ids`, held by the returned fd.
 ///
 /// A forked child unshares its user namespace and waits; the parent writes the maps, opens the
-/// namespace, and kills the child. The child only makes async-signal-safe calls.
+/// namespace, and kills the child. The child only makes async-signal-safe calls. It closes
+/// every fd it inherited but its end of the pipe at once (they are the whole process's: pipes
+/// whose readers wait for EOF, other backends' files), and dies with the thread that forked it,
+/// so a backend killed meanwhile leaves no child behind.
 fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
     let mut ready = [0 as libc::c_int; 2];
     // SAFETY: `ready` has room for the two fds pipe2 writes.
@@ -102,8 +105,11 @@ fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
     // SAFETY: both fds were just created by pipe2 and are owned here only.
     let (ready_read, ready_write) =
         unsafe { (File::from_raw_fd(ready[0]), File::from_raw_fd(ready[1])) };
-    // SAFETY: after fork the child calls only async-signal-safe functions (unshare, write,
-    // pause, _exit) and never returns into Rust code.
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let keep = ready_write.as_raw_fd() as libc::c_uint;
+    // SAFETY: after fork the child calls only async-signal-safe functions (close_range, prctl,
+    // getppid, unshare, write, pause, _exit) and never returns into Rust code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -111,6 +117,15 @@ fn user_namespace(ids: IdRange) -> io::Result<OwnedFd> {
     if pid == 0 {
         // SAFETY: async-signal-safe syscalls only, ending in _exit or an endless pause.
         unsafe {
+            // Failures (an old kernel without close_range) only leave the copies open.
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                libc::_exit(1);
+            }
             let ok: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
                 1
             } else {

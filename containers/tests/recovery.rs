@@ -67,11 +67,13 @@ fn crash_an_owner(index: u8, data_dir: &Path) {
 async fn recover(index: u8, policy: Recovery) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    crash_an_owner(index, &data_dir);
     let mut config = config_for(index, &data_dir);
     config.recovery = policy;
-    // Declared before the backend, so dropped after it (the clean-up needs the data dir lock).
-    let guard = Cleanup(config.clone());
+    // Made before the owner, so that whatever it leaves is cleaned up even if the test fails
+    // early; declared before the backend, so dropped after it (the clean-up needs the data
+    // dir's lock).
+    let guard = Cleanup(config.clone(), Some(dir));
+    crash_an_owner(index, &data_dir);
     let backend = Backend::new(config.clone())
         .await
         .expect("recovering backend");
@@ -114,10 +116,15 @@ async fn recover(index: u8, policy: Recovery) {
     drop(guard);
 }
 
-struct Cleanup(kiln_containers::Config);
+/// Cleans the data dir up on drop, and removes its temp dir unless something is left in it.
+struct Cleanup(kiln_containers::Config, Option<tempfile::TempDir>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Backend::destroy_all(&self.0);
+        if let Err(e) = clean_up(&self.0) {
+            // Removing the dir would delete through whatever is still mounted in it: keep it.
+            let kept = self.1.take().map(tempfile::TempDir::keep);
+            fail_clean_up(&self.0, &format!("(dir kept: {kept:?})"), e);
+        }
     }
 }
 
@@ -129,4 +136,92 @@ async fn after_a_crash_intact_containers_are_adopted() {
 #[tokio::test]
 async fn after_a_crash_containers_can_be_destroyed_without_leaks() {
     recover(15, Recovery::Destroy).await;
+}
+
+/// A child of this process that only waits, holding copies of all its fds: what a child that
+/// another thread spawns (`runc`, `iptables`, the helper of an idmapped mount) is between its
+/// fork and its exec. Killed on drop.
+struct ForkedChild(libc::pid_t);
+
+impl ForkedChild {
+    fn fork() -> ForkedChild {
+        // SAFETY: the child makes only async-signal-safe calls (prctl, pause) and never
+        // returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above; it dies with the test's thread at the latest.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        ForkedChild(pid)
+    }
+
+    fn alive(&self) -> bool {
+        // SAFETY: waitpid of our own child; WNOHANG returns at once.
+        unsafe { libc::waitpid(self.0, std::ptr::null_mut(), libc::WNOHANG) == 0 }
+    }
+
+    /// Whether the child has `path` open.
+    fn has_open(&self, path: &Path) -> bool {
+        std::fs::read_dir(format!("/proc/{}/fd", self.0))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The data dir's lock stays with the backend: a child forked meanwhile (it holds copies of
+/// the backend's fds until it execs) does not keep a new backend, or `destroy_all` right after
+/// the drop, out of the data dir. It did: under load, tests' clean-up was refused as "in use"
+/// and left their containers running and their store mounted.
+#[tokio::test]
+async fn a_child_forked_meanwhile_does_not_keep_the_data_dir_locked() {
+    let mut t = TestBackend::new(19).await;
+    t.container("f").await;
+    let lock = t.config.data_dir.join("lock");
+    let child = ForkedChild::fork();
+    assert!(
+        child.has_open(&lock),
+        "the child holds a copy of the lock's fd"
+    );
+
+    t.reopen().await;
+    assert!(child.alive());
+    assert_eq!(
+        t.backend.list(&Default::default()),
+        Vec::<String>::new(),
+        "recovery destroyed the container"
+    );
+    t.container("g").await;
+
+    let second = ForkedChild::fork();
+    assert!(second.has_open(&lock));
+    t.drop_backend();
+    Backend::destroy_all(&t.config).expect("destroy_all while a forked child holds copies");
+    assert!(child.alive() && second.alive());
+    let data_dir = t.config.data_dir.to_string_lossy().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let left: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&data_dir))
+        .collect();
+    assert_eq!(left, Vec::<&str>::new(), "mounts left");
 }

@@ -85,6 +85,7 @@ async fn uploaded_buildpacks_stage_apps_named_and_detected_on_a_real_stager() {
         recovery: Recovery::Destroy,
         ..Config::default()
     };
+    let _cleanup = CleanUpOnPanic(&backend_config);
     let backend = Backend::new(backend_config.clone()).await.expect("backend");
     let tiny = kiln_rootfs::recipes::cached("tiny").expect("tiny stack");
     backend.import_stack(&tiny.dir, "tiny").await.expect("tiny");
@@ -98,7 +99,7 @@ async fn uploaded_buildpacks_stage_apps_named_and_detected_on_a_real_stager() {
     settings.buildpack_cache = dir.path().join("buildpack-cache");
     let client = async_nats::connect(&nats.url).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stager = tokio::spawn(kiln_stager::service::run(
+    let mut stager = tokio::spawn(kiln_stager::service::run(
         client,
         backend,
         settings,
@@ -111,12 +112,19 @@ async fn uploaded_buildpacks_stage_apps_named_and_detected_on_a_real_stager() {
     let result = scenario(&api, &dir.path().join("buildpack-cache")).await;
 
     let _ = stop.send(());
-    let summary = tokio::time::timeout(Duration::from_secs(60), stager).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), &mut stager).await;
+    if summary.is_err() {
+        // Still running: end it, so that it drops the backend before the clean-up.
+        stager.abort();
+        let _ = (&mut stager).await;
+    }
     cc.server.abort();
-    if let Err(e) = Backend::destroy_all(&backend_config) {
-        eprintln!("cleaning up the stager's backend: {e}");
+    let cleaned = Backend::destroy_all(&backend_config);
+    if let Err(e) = &cleaned {
+        eprintln!("LEAK: cleaning up the stager's backend: {e}");
     }
     result.unwrap_or_else(|e| panic!("{e}"));
+    cleaned.unwrap_or_else(|e| panic!("LEAK: cleaning up the stager's backend: {e}"));
     let summary = summary
         .expect("the stager stops")
         .expect("task")
@@ -305,5 +313,19 @@ impl Api {
             .ok_or(format!("{name} did not stage: {build}\n{log}"))?;
         let (_, droplet) = send(self.req(Method::GET, &format!("/v3/droplets/{droplet}"))).await;
         Ok((droplet, log))
+    }
+}
+
+/// Destroys what the stager's backend made if the test panics before its own clean-up (the
+/// backend may have mounted its store).
+struct CleanUpOnPanic<'a>(&'a Config);
+
+impl Drop for CleanUpOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Err(e) = Backend::destroy_all(self.0) {
+                eprintln!("LEAK: cleaning up {}: {e}", self.0.data_dir.display());
+            }
+        }
     }
 }

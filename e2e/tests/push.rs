@@ -73,6 +73,7 @@ async fn push_on(index: u32, database_url: Option<String>) {
         recovery: Recovery::Destroy,
         ..Config::default()
     };
+    let _cleanup = CleanUpOnPanic(&backend_config);
     let backend = Backend::new(backend_config.clone()).await.expect("backend");
     let tiny = kiln_rootfs::recipes::cached("tiny").expect("tiny stack");
     backend
@@ -88,7 +89,7 @@ async fn push_on(index: u32, database_url: Option<String>) {
     settings.token = Some(kiln_stager::service::Token::new(&internal));
     settings.work_dir = dir.path().to_path_buf();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stager = tokio::spawn(kiln_stager::service::run(
+    let mut stager = tokio::spawn(kiln_stager::service::run(
         client,
         backend,
         settings,
@@ -100,12 +101,19 @@ async fn push_on(index: u32, database_url: Option<String>) {
     let result = push(&url, &dir.path().join("cc")).await;
 
     let _ = stop.send(());
-    let summary = tokio::time::timeout(Duration::from_secs(60), stager).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), &mut stager).await;
+    if summary.is_err() {
+        // Still running: end it, so that it drops the backend before the clean-up.
+        stager.abort();
+        let _ = (&mut stager).await;
+    }
     cc.server.abort();
-    if let Err(e) = Backend::destroy_all(&backend_config) {
-        eprintln!("cleaning up the stager's backend: {e}");
+    let cleaned = Backend::destroy_all(&backend_config);
+    if let Err(e) = &cleaned {
+        eprintln!("LEAK: cleaning up the stager's backend: {e}");
     }
     result.unwrap_or_else(|e| panic!("{e}"));
+    cleaned.unwrap_or_else(|e| panic!("LEAK: cleaning up the stager's backend: {e}"));
     let summary = summary
         .expect("the stager stops")
         .expect("stager task")
@@ -222,4 +230,18 @@ async fn push(url: &str, cc_dir: &std::path::Path) -> Result<(), String> {
         return Err(format!("start: {status} {started}"));
     }
     Ok(())
+}
+
+/// Destroys what the stager's backend made if the test panics before its own clean-up (the
+/// backend may have mounted its store).
+struct CleanUpOnPanic<'a>(&'a Config);
+
+impl Drop for CleanUpOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Err(e) = Backend::destroy_all(self.0) {
+                eprintln!("LEAK: cleaning up {}: {e}", self.0.data_dir.display());
+            }
+        }
+    }
 }

@@ -141,12 +141,15 @@ fn a_pushed_app_runs_scales_restarts_rolling_and_goes_away() {
     let result = rt.block_on(scenario(dir.path(), &nats, &stager_config, &cell_config));
     // The runtime first (every task with it), then what the backends still hold.
     drop(rt);
+    let mut leaks = Vec::new();
     for c in [&stager_config, &cell_config] {
         if let Err(e) = Backend::destroy_all(c) {
-            eprintln!("cleaning up a backend: {e}");
+            eprintln!("LEAK: cleaning up {}: {e}", c.data_dir.display());
+            leaks.push(format!("{}: {e}", c.data_dir.display()));
         }
     }
     result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(leaks.is_empty(), "LEAK: cleaning up failed: {leaks:?}");
 }
 
 async fn scenario(

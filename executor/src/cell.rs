@@ -1,19 +1,25 @@
 //! The cell: its instances and capacity, the commands it takes from the bus, start-up
-//! recovery, and graceful shutdown.
+//! recovery, evacuation and graceful shutdown.
 //!
 //! Capacity is reserved when a start is accepted (memory, disk, one container) and given back
 //! when the instance's container is gone; a start the cell cannot take (unknown stack, no
-//! room, a duplicate instance guid, shutting down) is answered at once with CRASHED
-//! (`start_failed`), so the controller places it elsewhere.
+//! room, a duplicate instance guid) is answered at once with CRASHED (`start_failed`), so the
+//! controller places it elsewhere. One refused only because the cell is evacuating or
+//! shutting down (placed before the controller heard so) is answered STOPPED: nothing is wrong
+//! with the instance, and the controller places it elsewhere without counting a crash.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
-use kiln_bus::cell::{self, CellState, CrashReason, InstanceStart, InstanceState, InstanceStop};
+use kiln_bus::cell::{
+    self, CellDrain, CellState, CrashReason, InstanceStart, InstanceState, InstanceStop,
+};
 use kiln_containers::Backend;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -35,8 +41,12 @@ pub(crate) struct Shared {
     pub changed: Notify,
     /// Shutting down: no new starts.
     pub stopping: AtomicBool,
-    /// Draining (evacuation): advertised so nothing new is placed here.
+    /// Draining (evacuation): advertised so nothing new is placed here; no new starts.
     pub evacuating: AtomicBool,
+    /// Cancelled when a drain command came: whoever runs the executor evacuates and exits.
+    pub drain: CancellationToken,
+    /// How many instances the cell holds, for waiting until evacuation left none.
+    pub held: watch::Sender<usize>,
     /// The instance tasks.
     pub tasks: TaskTracker,
 }
@@ -48,8 +58,21 @@ impl Shared {
 
     /// The instance is gone: its capacity is free again.
     pub fn forget(&self, guid: &str) {
-        self.instances().remove(guid);
+        let mut instances = self.instances();
+        instances.remove(guid);
+        self.held.send_replace(instances.len());
+        drop(instances);
         self.changed.notify_one();
+    }
+
+    /// Starts evacuating: the cell advertises itself evacuating at once (so the controller
+    /// places nothing new here and starts this cell's instances elsewhere) and refuses new
+    /// starts; its instances keep running and routed until they are stopped.
+    pub fn evacuate(&self) {
+        if !self.evacuating.swap(true, Ordering::SeqCst) {
+            info!(cell = %self.config.cell_id, instances = self.instances().len(), "executor.evacuating");
+            self.changed.notify_one();
+        }
     }
 
     /// The advertisement as of now.
@@ -95,6 +118,8 @@ impl Shared {
             let s = &inst.start;
             let refused = if self.stopping.load(Ordering::SeqCst) {
                 Some("the cell is shutting down".to_string())
+            } else if self.evacuating.load(Ordering::SeqCst) {
+                Some("the cell is evacuating".to_string())
             } else if instances.contains_key(&s.instance_guid) {
                 Some(format!(
                     "instance {} is already on this cell",
@@ -120,11 +145,14 @@ impl Shared {
                 ))
             } else {
                 instances.insert(s.instance_guid.clone(), inst.clone());
+                self.held.send_replace(instances.len());
                 None
             };
             refused
         };
         if let Some(why) = refused {
+            let leaving =
+                self.stopping.load(Ordering::SeqCst) || self.evacuating.load(Ordering::SeqCst);
             warn!(instance = %inst.handle(), reason = %why, "instance.refused");
             report::cell_log(
                 &self.nats,
@@ -136,12 +164,17 @@ impl Shared {
                 ),
             )
             .await;
+            let (state, crash_reason) = if leaving {
+                (InstanceState::Stopped, None)
+            } else {
+                (InstanceState::Crashed, Some(CrashReason::StartFailed))
+            };
             let ending = Ending {
-                crash_reason: Some(CrashReason::StartFailed),
+                crash_reason,
                 description: Some(why),
                 ..Ending::default()
             };
-            report::set_state(&self.nats, &inst, InstanceState::Crashed, ending).await;
+            report::set_state(&self.nats, &inst, state, ending).await;
             return;
         }
         self.changed.notify_one();
@@ -169,8 +202,13 @@ impl Shared {
         }
     }
 
-    /// Serves start and stop commands until the subscriptions end.
-    pub async fn serve_commands(self: Arc<Self>) -> Result<(), crate::ExecutorError> {
+    /// Serves start, stop and drain commands until `done` is cancelled; their tasks. The
+    /// subscriptions end with the tasks, so a stopped executor answers no more commands (one
+    /// started again in the same process is the only one to answer).
+    pub async fn serve_commands(
+        self: Arc<Self>,
+        done: CancellationToken,
+    ) -> Result<Vec<JoinHandle<()>>, crate::ExecutorError> {
         let subscribe = |subject: String| {
             let nats = self.nats.clone();
             async move {
@@ -184,6 +222,7 @@ impl Shared {
         };
         let starts = subscribe(cell::start_subject(&self.config.cell_id)).await?;
         let stops = subscribe(cell::stop_subject(&self.config.cell_id)).await?;
+        let drains = subscribe(cell::drain_subject(&self.config.cell_id)).await?;
         // The server has the subscriptions once this returns: commands sent after start()
         // are not lost.
         self.nats
@@ -193,10 +232,39 @@ impl Shared {
                 subject: cell::start_subject(&self.config.cell_id),
                 message: e.to_string(),
             })?;
-        let cell = self.clone();
-        tokio::spawn(async move {
+        let next = |mut sub: async_nats::Subscriber, done: CancellationToken| async move {
+            let m = tokio::select! {
+                m = sub.next() => m,
+                () = done.cancelled() => None,
+            };
+            (sub, m)
+        };
+        let (cell, stop) = (self.clone(), done.clone());
+        let drains = tokio::spawn(async move {
+            let mut drains = drains;
+            loop {
+                let (sub, m) = next(drains, stop.clone()).await;
+                drains = sub;
+                let Some(m) = m else { return };
+                // An empty body is a drain too (`nats pub kiln.cell.c1.drain ""`).
+                let valid = m.payload.is_empty()
+                    || kiln_bus::decode::<CellDrain>(&m.subject, &m.payload).is_ok();
+                if !valid {
+                    warn!(subject = %m.subject, "command.invalid");
+                    continue;
+                }
+                info!(cell = %cell.config.cell_id, "executor.drain-requested");
+                cell.evacuate();
+                cell.drain.cancel();
+            }
+        });
+        let (cell, stop) = (self.clone(), done.clone());
+        let stops = tokio::spawn(async move {
             let mut stops = stops;
-            while let Some(m) = stops.next().await {
+            loop {
+                let (sub, m) = next(stops, stop.clone()).await;
+                stops = sub;
+                let Some(m) = m else { return };
                 match kiln_bus::decode::<InstanceStop>(&m.subject, &m.payload) {
                     Ok(stop) => cell.stop(&stop.instance_guid),
                     Err(e) => warn!(error = %e, "command.invalid"),
@@ -204,16 +272,19 @@ impl Shared {
             }
         });
         let cell = self;
-        tokio::spawn(async move {
+        let starts = tokio::spawn(async move {
             let mut starts = starts;
-            while let Some(m) = starts.next().await {
+            loop {
+                let (sub, m) = next(starts, done.clone()).await;
+                starts = sub;
+                let Some(m) = m else { return };
                 match kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload) {
                     Ok(start) => cell.start(start).await,
                     Err(e) => warn!(error = %e, "command.invalid"),
                 }
             }
         });
-        Ok(())
+        Ok(vec![drains, stops, starts])
     }
 
     /// Finds the instance containers a previous executor left (their processes cannot be

@@ -75,6 +75,9 @@ pub struct Timings {
     pub instances_interval_secs: u64,
     /// Instance metrics are published this often.
     pub metrics_interval_secs: u64,
+    /// Evacuating (SIGTERM or a drain command), the cell waits this long for the controller
+    /// to move its instances elsewhere before it stops what remains.
+    pub evacuation_timeout_secs: u64,
 }
 
 impl Default for Timings {
@@ -89,6 +92,7 @@ impl Default for Timings {
             advertise_interval_ms: kiln_bus::cell::ADVERTISE_INTERVAL_SECS * 1000,
             instances_interval_secs: kiln_bus::cell::INSTANCES_INTERVAL_SECS,
             metrics_interval_secs: 15,
+            evacuation_timeout_secs: 60,
         }
     }
 }
@@ -114,6 +118,10 @@ impl Timings {
     pub fn stop_grace(&self) -> Duration {
         Duration::from_secs(self.stop_grace_secs)
     }
+    /// `evacuation_timeout_secs` as a duration.
+    pub fn evacuation_timeout(&self) -> Duration {
+        Duration::from_secs(self.evacuation_timeout_secs)
+    }
 }
 
 impl Default for Config {
@@ -133,8 +141,9 @@ impl Default for Config {
             host_ip: "127.0.0.1".to_string(),
             droplet_cache_mb: 4096,
             network_pool: "10.254.0.0/22".to_string(),
+            // 61001-62000: apart from the stager's (63001-63100) and the CLI's (62001-).
             port_range_start: 61001,
-            port_range_size: 4000,
+            port_range_size: 1000,
             uid_range_start: 1 << 30,
             store_size_bytes: 64 << 30,
             timings: Timings::default(),
@@ -205,6 +214,7 @@ mod tests {
         assert_eq!(c.memory_mb, 512);
         assert_eq!(c.timings.start_timeout_secs, 5);
         assert_eq!(c.timings.stop_grace_secs, 10);
+        assert_eq!(c.timings.evacuation_timeout_secs, 60);
         assert!(c.validate().is_ok());
         assert!(Config::from_toml("cel_id = \"x\"").is_err());
         let bad = Config {

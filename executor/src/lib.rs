@@ -8,11 +8,14 @@
 //!   into a read-only container layer.
 //! - [`instance`]: one instance's life: container, process, logs, health, routes, the end.
 //! - [`health`]: `port`, `http` and `process` probes.
-//! - `cell`: capacity, start/stop commands, recovery; `loops`: advertisements, instance
-//!   listings, route re-registration, metrics; `report`: what goes on the bus.
+//! - `cell`: capacity, start/stop/drain commands, evacuation, recovery; `loops`:
+//!   advertisements, instance listings, route re-registration, metrics; `report`: what goes
+//!   on the bus.
 //!
 //! [`Executor::start`] wires it all on a running backend and bus connection;
-//! [`Executor::shutdown`] is the graceful stop (routes unregistered, instances stopped).
+//! [`Executor::evacuate_and_stop`] hands the instances over to other cells (through the
+//! controller) and then stops; [`Executor::shutdown`] is the graceful stop at once (routes
+//! unregistered, instances stopped).
 
 mod cell;
 pub mod config;
@@ -26,13 +29,14 @@ mod report;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_bus::cell::CellState;
 use kiln_containers::Backend;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Config, Timings};
 pub use droplets::{DropletCache, Token};
@@ -82,17 +86,19 @@ impl Executor {
             changed: Default::default(),
             stopping: Default::default(),
             evacuating: Default::default(),
+            drain: CancellationToken::new(),
+            held: tokio::sync::watch::Sender::new(0),
             tasks: TaskTracker::new(),
         });
         shared.recover().await;
-        shared.clone().serve_commands().await?;
         let stop_loops = CancellationToken::new();
-        let loops = vec![
+        let mut loops = shared.clone().serve_commands(stop_loops.clone()).await?;
+        loops.extend([
             tokio::spawn(loops::advertise(shared.clone(), stop_loops.clone())),
             tokio::spawn(loops::list_instances(shared.clone(), stop_loops.clone())),
             tokio::spawn(loops::register_routes(shared.clone(), stop_loops.clone())),
             tokio::spawn(loops::metrics(shared.clone(), stop_loops.clone())),
-        ];
+        ]);
         info!(cell = %shared.config.cell_id, "executor.started");
         Ok(Executor {
             shared,
@@ -111,12 +117,48 @@ impl Executor {
         &self.shared.droplets
     }
 
-    /// The evacuation hook: advertises the cell as evacuating so nothing new is placed on
-    /// it. (Later: wait for the controller to start each instance elsewhere before stopping
-    /// it here; today [`Executor::shutdown`] stops them right away.)
+    /// Starts evacuating: advertises the cell evacuating at once, so the controller places
+    /// nothing new on it and starts each of its instances elsewhere, and refuses new starts.
+    /// The instances keep running and routed until the controller stops them (once their
+    /// replacements are RUNNING). Idempotent.
     pub fn evacuate(&self) {
-        self.shared.evacuating.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_one();
+        self.shared.evacuate();
+    }
+
+    /// Resolves once a drain command (`kiln.cell.<id>.drain`) came; the cell is evacuating
+    /// by then. Whoever runs the executor then calls [`Executor::evacuate_and_stop`] (the
+    /// binary does, and exits).
+    pub async fn drain_requested(&self) {
+        self.shared.drain.cancelled().await;
+    }
+
+    /// Waits, evacuating, until the cell holds no instance or `timeout` passed.
+    pub async fn evacuated(&self, timeout: Duration) -> Evacuation {
+        self.evacuate();
+        let mut held = self.shared.held.subscribe();
+        let emptied = tokio::time::timeout(timeout, held.wait_for(|n| *n == 0)).await;
+        let left = self.shared.instances().len();
+        if emptied.is_ok() || left == 0 {
+            info!("executor.evacuated");
+            Evacuation::Complete
+        } else {
+            warn!(
+                left,
+                timeout_secs = timeout.as_secs(),
+                "executor.evacuation-timed-out"
+            );
+            Evacuation::TimedOut { left }
+        }
+    }
+
+    /// Evacuation, then the graceful stop: advertises the cell evacuating, waits until the
+    /// controller has moved every instance elsewhere (each stopped here once its replacement
+    /// is RUNNING) or `timeout` passed, then stops what remains (routes unregistered first)
+    /// like [`Executor::shutdown`].
+    pub async fn evacuate_and_stop(self, timeout: Duration) -> Evacuation {
+        let outcome = self.evacuated(timeout).await;
+        self.shutdown().await;
+        outcome
     }
 
     /// Graceful stop: refuses new starts, stops every instance (routes unregistered first,
@@ -124,7 +166,8 @@ impl Executor {
     pub async fn shutdown(self) {
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::SeqCst);
-        self.evacuate();
+        shared.evacuating.store(true, Ordering::SeqCst);
+        shared.changed.notify_one();
         let instances: Vec<_> = shared.instances().values().cloned().collect();
         info!(instances = instances.len(), "executor.stopping");
         for inst in instances {
@@ -146,6 +189,19 @@ impl Executor {
         }
         info!("executor.stopped");
     }
+}
+
+/// How an evacuation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evacuation {
+    /// The cell holds no instance: each was stopped by the controller (after starting it
+    /// elsewhere) or ended on its own.
+    Complete,
+    /// The timeout came first; `left` instances were still on the cell (a stop follows).
+    TimedOut {
+        /// Instances the cell still held.
+        left: usize,
+    },
 }
 
 /// Imports `stack` into `backend` from the machine's stack cache, building it there the first

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kiln_bus::cell::{self, CellInstances, InstanceMetrics};
+use kiln_bus::cell::{self, CellInstances, InstanceMetrics, InstanceState};
 use kiln_bus::router;
 use tokio_util::sync::CancellationToken;
 
@@ -39,10 +39,13 @@ pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
     loop {
         let listing = CellInstances {
             cell_id: cell.config.cell_id.clone(),
+            // STARTING and RUNNING ones only: one that ended is on its way out (its end is
+            // reported already), and listing it would make the controller adopt it again.
             instances: cell
                 .instances()
                 .values()
                 .map(|i| i.actual().clone())
+                .filter(|a| matches!(a.state, InstanceState::Starting | InstanceState::Running))
                 .collect(),
         };
         report::publish(&cell.nats, cell::CELL_INSTANCES.to_string(), &listing).await;

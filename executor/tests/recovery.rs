@@ -1,6 +1,8 @@
 //! The `kiln-executor` binary killed and restarted on its data dir (test index 63): the
 //! instance it left is destroyed and reported STOPPED (its process cannot be re-attached), a
-//! new one runs, SIGTERM unregisters and stops it, and nothing is left on the machine.
+//! new one runs; SIGTERM makes the cell evacuate (advertised at once, the instance still
+//! answering), a second SIGTERM stops at once: unregister, stop, exit 0, and nothing is left
+//! on the machine.
 mod common;
 
 use std::process::{Child, Command, Stdio};
@@ -134,8 +136,29 @@ fn a_restarted_executor_leaves_nothing_of_what_it_lost() {
         let port = running["port"].as_u64().expect("port") as u16;
         assert!(http_get(port, "/index.html").await.contains("hi"));
 
+        // SIGTERM: evacuation. The cell says so at once and keeps its instance (no
+        // controller here moves it); a second SIGTERM stops it at once.
+        let asked = bus.seen.lock().expect("lock").len();
         second.signal(libc::SIGTERM);
-        let status = tokio::task::block_in_place(|| second.wait(Duration::from_secs(60)));
+        let (evacuating, _) = bus
+            .wait(
+                Duration::from_secs(10),
+                "an evacuating advertisement",
+                |s, v| {
+                    s == cell::CELL_ADVERTISE
+                        && v["cell_id"] == "cell-63"
+                        && v["evacuating"] == true
+                },
+            )
+            .await;
+        assert!(evacuating >= asked);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(http_get(port, "/index.html").await.contains("hi"));
+        assert!(bus
+            .find(|s, v| s == router::ROUTER_UNREGISTER && v["private_instance_id"] == "inst-b")
+            .is_none());
+        second.signal(libc::SIGTERM);
+        let status = tokio::task::block_in_place(|| second.wait(Duration::from_secs(30)));
         assert!(status.success(), "{status:?}");
         let (unregistered, _) = bus
             .wait(wait, "unregister", |s, v| {

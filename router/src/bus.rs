@@ -60,6 +60,13 @@ pub(crate) async fn connect(shared: &Shared) -> Result<Bus, StartError> {
     })
 }
 
+impl Bus {
+    /// The connection, for other publishers.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
 /// Applies bus messages until `stop`.
 pub(crate) async fn serve(bus: Bus, shared: Arc<Shared>, stop: CancellationToken) {
     let Bus {
@@ -152,7 +159,8 @@ async fn handle(client: &Client, shared: &Shared, message: Message) {
     }
 }
 
-/// Prunes stale endpoints every `prune_interval` until `stop`. Unless `prune_on_bus_outage`,
+/// Prunes stale endpoints (and closes idle endpoint connections that timed out or were
+/// closed) every `prune_interval` until `stop`. Unless `prune_on_bus_outage`,
 /// a disconnected bus pauses pruning (and its return counts every endpoint as fresh).
 pub(crate) async fn prune(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.prune_interval);
@@ -163,6 +171,8 @@ pub(crate) async fn prune(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let idle = shared.table.sweep_idle(Instant::now());
+        debug!(idle, "swept idle endpoint connections");
         let connected = shared.metrics.bus_connected.load(Ordering::Relaxed);
         if !connected && !shared.config.prune_on_bus_outage {
             if !paused {

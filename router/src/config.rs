@@ -79,6 +79,12 @@ pub struct Config {
     pub max_header_count: usize,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
+    /// Publish an RTR access log line to the app's log on the bus for every request to a
+    /// route whose registration names an app.
+    pub rtr_lines: bool,
+    /// RTR lines waiting to be published; when the queue is full, lines are dropped (and
+    /// counted) rather than slowing requests down.
+    pub rtr_queue: usize,
 }
 
 impl Default for Config {
@@ -101,6 +107,8 @@ impl Default for Config {
             max_header_bytes: 1 << 20,
             max_header_count: 100,
             max_idle_per_endpoint: 100,
+            rtr_lines: true,
+            rtr_queue: 8192,
         }
     }
 }
@@ -137,6 +145,9 @@ impl Config {
         }
         if self.stale_threshold.is_zero() {
             return invalid("stale_threshold_secs must be above 0");
+        }
+        if self.rtr_lines && self.rtr_queue == 0 {
+            return invalid("rtr_queue must be at least 1 (or rtr_lines = false)");
         }
         for (name, d) in [
             ("dial_timeout_secs", self.dial_timeout),

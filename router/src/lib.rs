@@ -8,9 +8,11 @@
 //! - [`table`]: the route table (host + path prefix → endpoints, pruning, balancing);
 //! - `bus`: the NATS side (register/unregister, `router.start`, `router.greet`, pruning);
 //! - `proxy`: one request: route lookup, forwarding headers, attempts, upgrades;
+//! - `upstream`: connections to endpoints, pooled per endpoint, driven by the requests;
 //! - `server`: the proxy listener, connections and the drain;
-//! - `status`: `/health`, `/varz` and `/routes` on a separate listener;
-//! - [`metrics`]: the counters `/varz` shows.
+//! - `rtr`: the RTR access log lines, queued by requests and published to apps' logs;
+//! - `status`: `/health`, `/varz`, `/metrics` and `/routes` on a separate listener;
+//! - [`metrics`]: the counters `/varz` and `/metrics` show.
 //!
 //! [`start`] binds, connects and serves in the background; [`Started`] stops it.
 
@@ -21,8 +23,10 @@ pub mod table;
 
 mod bus;
 mod proxy;
+mod rtr;
 mod server;
 mod status;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -48,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) greeting: RouterStart,
     /// Set when the drain begins: `/health` then answers 503.
     pub(crate) draining: AtomicBool,
+    /// Where requests leave their RTR lines.
+    pub(crate) rtr: rtr::Lines,
 }
 
 /// A running router.
@@ -121,18 +127,28 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         minimum_register_interval_in_seconds: config.register_interval_secs,
         prune_threshold_in_seconds: config.stale_threshold.as_secs(),
     };
+    let (rtr, rtr_queue) = rtr::Lines::new(config.rtr_lines, config.rtr_queue);
     let shared = Arc::new(Shared {
         id: id.clone(),
         table: table::Table::new(config.balancing, config.stale_threshold),
         metrics: metrics::Metrics::default(),
         greeting,
         draining: AtomicBool::new(false),
+        rtr,
         config,
     });
     let bus = bus::connect(&shared).await?;
     let shutdown = CancellationToken::new();
-    // Stopped after the drain: the bus, pruning and the status listener.
+    // Stopped after the drain: the bus, RTR lines, pruning and the status listener.
     let background = CancellationToken::new();
+    if let Some(queue) = rtr_queue {
+        tokio::spawn(rtr::publish(
+            bus.client(),
+            queue,
+            shared.clone(),
+            background.clone(),
+        ));
+    }
     tokio::spawn(bus::serve(bus, shared.clone(), background.clone()));
     tokio::spawn(bus::prune(shared.clone(), background.clone()));
     let status = tokio::spawn(status::serve(

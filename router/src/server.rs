@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics::bump;
 use crate::proxy::Proxy;
 use crate::Shared;
 
@@ -59,6 +60,7 @@ pub(crate) async fn serve(
             stream,
             peer,
             proxy.clone(),
+            shared.clone(),
             shutdown.clone(),
             drain.cut.clone(),
         ));
@@ -104,6 +106,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) {
@@ -124,6 +127,14 @@ async fn connection(
         }
     };
     if let Err(e) = result {
+        let metrics = &shared.metrics;
+        if e.is_parse_too_large() {
+            // hyper answered 431 itself.
+            bump(&metrics.headers_too_large);
+            metrics.response(431);
+        } else if e.is_timeout() {
+            bump(&metrics.header_timeouts);
+        }
         debug!(%peer, error = %e, "connection ended with an error");
     }
 }

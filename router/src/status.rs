@@ -1,6 +1,6 @@
 //! The status listener, apart from app traffic: `/health` (200 `ok`, 503 while draining, for
-//! load balancers and deploy scripts), `/varz` (the counters as JSON) and `/routes` (the
-//! table as JSON).
+//! load balancers and deploy scripts), `/varz` (the counters as JSON), `/metrics` (the same
+//! in Prometheus's text format) and `/routes` (the table as JSON).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -76,10 +76,20 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
             let (routes, endpoints) = shared.table.size();
             json(&shared.metrics.snapshot(&shared.id, routes, endpoints))
         }
+        "/metrics" => {
+            let (routes, endpoints) = shared.table.size();
+            let body = shared.metrics.prometheus(&shared.id, routes, endpoints);
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         "/routes" => json(&shared.table.snapshot(Instant::now())),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /health, /varz or /routes\n",
+            "not found: try /health, /varz, /metrics or /routes\n",
         ),
     }
 }

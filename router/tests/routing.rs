@@ -1,11 +1,17 @@
 //! Routing through a real router, NATS and backends: registration, headers, path prefixes,
-//! unknown hosts and balancing.
+//! unknown hosts, balancing, and keep-alive connections to endpoints.
 
 mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::backend::Backend;
 use common::{endpoint, eventually, wait_routed, Nats, Registrar, Router};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -87,6 +93,65 @@ async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
         1,
         "one pooled connection serves them all"
     );
+}
+
+/// Raw HTTP/1.1 on loopback: answers one request per connection (keep-alive, as far as the
+/// router can tell) and closes the connection `linger` later.
+async fn one_shot_backend(linger: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(linger).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pooled_connections_the_endpoint_closed_are_not_used() {
+    let nats = Nats::start();
+    let router = Router::start(&nats.url).await;
+    let (addr, connections) = one_shot_backend(Duration::from_millis(50)).await;
+    let registrar = Registrar::connect(&nats.url).await;
+    registrar
+        .register(&endpoint(addr, &["closing.example.com"], "closing"))
+        .await;
+    wait_routed(&router, "closing.example.com", "/").await;
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::GET,
+    ] {
+        // The endpoint has closed the connection the router keeps for it by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = router
+            .request(method.clone(), "closing.example.com", "/")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
+    assert_eq!(router.status_json("/varz").await["bad_gateways"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

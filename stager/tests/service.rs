@@ -254,8 +254,30 @@ impl Drop for StagerProcess {
             let _ = self.child.wait();
         }
         if self.config.data_dir.exists() {
-            if let Err(e) = Backend::destroy_all(&self.config) {
-                eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+            // Tried again for a while (a mount still busy, the stager's last child exiting);
+            // what is left in the end fails the test, unless it is failing already.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let cleaned = loop {
+                match Backend::destroy_all(&self.config) {
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!(
+                            "cleaning up {} failed, trying again: {e}",
+                            self.config.data_dir.display()
+                        );
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    result => break result,
+                }
+            };
+            if let Err(e) = cleaned {
+                let message = format!(
+                    "LEAK: cleaning up {} failed, it is left on the machine: {e}",
+                    self.config.data_dir.display()
+                );
+                eprintln!("{message}");
+                if !std::thread::panicking() {
+                    panic!("{message}");
+                }
             }
         }
     }

@@ -206,6 +206,22 @@ pub async fn route_urls(client: &mut Client, app: &str) -> anyhow::Result<Vec<St
         .collect())
 }
 
+/// The URL a browser reaches `route` (a route's `url`: host and path) at: with the router's
+/// port when the controller says apps are served on one other than 80.
+pub async fn app_url(client: &mut Client, route: &str) -> String {
+    let port = client
+        .get("/")
+        .await
+        .ok()
+        .and_then(|root| root["links"]["app_routes"]["meta"]["port"].as_u64())
+        .filter(|p| *p != 80);
+    match (port, route.split_once('/')) {
+        (Some(p), Some((host, path))) => format!("http://{host}:{p}/{path}"),
+        (Some(p), None) => format!("http://{route}:{p}"),
+        (None, _) => format!("http://{route}"),
+    }
+}
+
 /// Prints `kiln app`'s summary of `app` (an app resource).
 pub async fn summary(client: &mut Client, app: &Value) -> anyhow::Result<()> {
     let guid = s(app, "guid");

@@ -190,7 +190,7 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
     println!();
     lifecycle::summary(client, &app).await?;
     if let Some(url) = lifecycle::route_urls(client, &guid).await?.first() {
-        println!("\nApp URL: http://{url}");
+        println!("\nApp URL: {}", lifecycle::app_url(client, url).await);
     }
     Ok(())
 }

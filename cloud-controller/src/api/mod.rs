@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod buildpacks;
 pub mod builds;
+mod cells;
 mod events;
 mod internal;
 mod listing;
@@ -80,6 +81,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v3/processes/{guid}", get(processes::get))
         .route("/v3/processes/{guid}/actions/scale", post(processes::scale))
         .route("/v3/processes/{guid}/stats", get(processes::stats))
+        .route("/v3/cells", get(cells::list))
+        .route("/v3/cells/{id}", get(cells::get))
+        .route("/v3/cells/{id}/actions/drain", post(cells::drain))
         .route("/v3/domains", get(routes::list_domains))
         .route("/v3/audit_events", get(events::list))
         .route("/v3/audit_events/{guid}", get(events::get))

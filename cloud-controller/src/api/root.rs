@@ -13,6 +13,11 @@ use crate::state::AppState;
 
 pub async fn root(State(s): State<AppState>) -> Json<Value> {
     let base = &s.base_url;
+    let port = s.config.apps_port.filter(|p| *p != 80);
+    let apps = match port {
+        Some(p) => format!("http://{}:{p}", s.config.default_domain),
+        None => format!("http://{}", s.config.default_domain),
+    };
     Json(json!({"links": {
         "self": {"href": base.to_string()},
         "cloud_controller_v3": {"href": format!("{base}/v3"), "meta": {"version": env!("CARGO_PKG_VERSION")}},
@@ -22,6 +27,7 @@ pub async fn root(State(s): State<AppState>) -> Json<Value> {
         "log_stream": null,
         "app_ssh": null,
         "network_policy_v1": null,
+        "app_routes": {"href": apps, "meta": {"port": port.unwrap_or(80)}},
     }}))
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 
 /// The Kiln cloud controller.
@@ -25,6 +25,9 @@ struct Args {
     /// The URL clients reach the API at, for links (default: http://<listen>).
     #[arg(long, env = "KILN_CC_EXTERNAL_URL")]
     external_url: Option<String>,
+    /// The port clients reach app routes at through the router, when it is not 80.
+    #[arg(long, env = "KILN_CC_APPS_PORT")]
+    apps_port: Option<u16>,
     /// Base URL stagers and cells use for the internal endpoints (default: the listen address).
     #[arg(long, env = "KILN_CC_INTERNAL_URL")]
     internal_url: Option<String>,
@@ -71,6 +74,7 @@ async fn main() -> Result<()> {
     config.nats_url = args.nats;
     config.internal_url = args.internal_url;
     config.external_url = args.external_url;
+    config.apps_port = args.apps_port;
     config.database_url = args.database_url;
     config.default_domain = args.default_domain;
     config.default_stack = args.default_stack;
@@ -98,9 +102,12 @@ async fn main() -> Result<()> {
         );
     }
     println!("cloud controller listening on http://{}", started.addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     tokio::select! {
         r = started.server => r??,
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = tokio::signal::ctrl_c() => println!("stopping (SIGINT)"),
+        _ = term.recv() => println!("stopping (SIGTERM)"),
     }
     Ok(())
 }

@@ -114,8 +114,15 @@ pub fn plan(
         .map(|(id, _)| id.clone())
         .collect();
     for id in &lost {
-        tracing::warn!(cell = %id, "cell lost: its instances will run elsewhere");
-        inner.cells.remove(id);
+        // A drained cell that exited last said it was evacuating with nothing left: no alarm.
+        let drained = inner.cells.remove(id).is_some_and(|c| {
+            c.state.evacuating && c.state.instances_per_app.values().all(|n| *n == 0)
+        });
+        if drained {
+            tracing::info!(cell = %id, "cell gone after evacuating");
+        } else {
+            tracing::warn!(cell = %id, "cell lost: its instances will run elsewhere");
+        }
     }
     inner.instances.retain(|_, k| {
         let expired = k.pending && now.duration_since(k.at) >= PENDING_TIMEOUT;
@@ -148,32 +155,40 @@ pub fn plan(
         .crashes
         .retain(|(p, i), _| desired.get(p).is_some_and(|d| *i < d.instances));
 
-    for p in desired.values() {
-        converge_process(inner, p, internal_url, now, &mut actions);
+    // One view of the cells for the whole pass, so what one process takes is not offered to
+    // the next.
+    let mut candidates: Vec<Candidate> = inner
+        .cells
+        .values()
+        .map(|c| Candidate {
+            state: c.state.clone(),
+            same_process: 0,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.state.cell_id.cmp(&b.state.cell_id));
+    let mut processes: Vec<&DesiredProcess> = desired.values().collect();
+    processes.sort_by(|a, b| a.guid.cmp(&b.guid));
+    for p in processes {
+        for c in candidates.iter_mut() {
+            c.same_process = inner
+                .instances
+                .values()
+                .filter(|k| k.actual.process_guid == p.guid && k.actual.cell_id == c.state.cell_id)
+                .count() as u64;
+        }
+        converge_process(inner, &mut candidates, p, internal_url, now, &mut actions);
     }
     actions
 }
 
 fn converge_process(
     inner: &mut Inner,
+    candidates: &mut [Candidate],
     p: &DesiredProcess,
     internal_url: &str,
     now: Instant,
     actions: &mut Actions,
 ) {
-    let mut candidates: Vec<Candidate> = inner
-        .cells
-        .values()
-        .map(|c| Candidate {
-            state: c.state.clone(),
-            same_process: inner
-                .instances
-                .values()
-                .filter(|k| k.actual.process_guid == p.guid && k.actual.cell_id == c.state.cell_id)
-                .count() as u64,
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.state.cell_id.cmp(&b.state.cell_id));
     let need = Need {
         stack: &p.stack,
         memory_mb: p.memory_mb,
@@ -213,7 +228,7 @@ fn converge_process(
                     continue;
                 }
             };
-            match placement::place(&candidates, &need) {
+            match placement::place(candidates, &need) {
                 Ok(i) => {
                     placement::reserve(&mut candidates[i], &need);
                     let cell_id = candidates[i].state.cell_id.clone();

@@ -7,6 +7,8 @@ pub mod converge;
 pub mod desired;
 mod follow;
 pub mod placement;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -52,6 +54,9 @@ pub struct Inner {
     pub metrics: HashMap<String, InstanceMetrics>,
     /// Crash history per (process guid, index).
     pub crashes: HashMap<(String, u32), backoff::Crashes>,
+    /// Instances reported CRASHED or STOPPED lately, by guid, with when: a cell listing
+    /// taken before the end but heard after it must not bring them back.
+    pub ended: HashMap<String, Instant>,
     /// Why a process's instances cannot be placed, per process guid.
     pub unplaceable: HashMap<String, String>,
 }

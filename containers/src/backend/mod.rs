@@ -51,9 +51,9 @@ struct Inner {
     containers_dir: PathBuf,
     init_binary: PathBuf,
     table: Mutex<Table>,
-    /// An exclusive lock on `<data_dir>/lock`: one backend per data dir, or recovery would
-    /// destroy another owner's live containers. Released when the backend is dropped.
-    _lock: std::fs::File,
+    /// The data dir's lock: one backend per data dir, or recovery would destroy another
+    /// owner's live containers. Released when the backend is dropped.
+    _lock: DataDirLock,
 }
 
 /// Which handles, slots and ports are taken.
@@ -78,7 +78,7 @@ impl Backend {
     /// adopts or destroys what a previous owner left (see [`Config::recovery`]).
     pub async fn new(config: Config) -> Result<Backend> {
         let inner = tokio::task::spawn_blocking(move || {
-            let inner = Inner::open(config)?;
+            let inner = Inner::open(config, std::time::Duration::ZERO)?;
             inner.recover()?;
             Ok::<_, Error>(inner)
         })
@@ -90,11 +90,52 @@ impl Backend {
 
     /// Destroys every container of the data dir in `config` and unmounts its disk store,
     /// without needing a running backend (tests call it on drop, operators to reset a cell).
+    ///
+    /// A backend of this process on the same data dir that is still being dropped (a task
+    /// holding a clone finishing) is waited for, up to 10 seconds; a backend of
+    /// another process is [`Error::DataDirInUse`]. A container that resists destruction (a
+    /// mount still busy, a dying init) is retried for a few seconds, and if any is left the
+    /// error names it and the store stays mounted (so that a later call can finish the job):
+    /// `Ok` means nothing of the data dir is left on the machine.
     pub fn destroy_all(config: &Config) -> Result<()> {
         let mut config = config.clone();
         config.recovery = crate::config::Recovery::Destroy;
-        let inner = Inner::open(config)?;
+        let inner = Inner::open(config, DESTROY_ALL_WAIT)?;
         inner.recover()?;
+        // What recovery could not destroy it keeps listed: try again, then give up loudly.
+        let mut attempt = 0;
+        loop {
+            let left: Vec<ContainerRecord> = inner
+                .table()
+                .containers
+                .values()
+                .map(|e| e.record.clone())
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            attempt += 1;
+            let mut failed = Vec::new();
+            for record in left {
+                match inner.teardown(&record) {
+                    Ok(()) => {
+                        let mut table = inner.table();
+                        table.containers.remove(&record.spec.handle);
+                        table.release(&record);
+                    }
+                    Err(e) => failed.push((record.spec.handle.clone(), e)),
+                }
+            }
+            if !failed.is_empty() && attempt >= DESTROY_ALL_ATTEMPTS {
+                let (handle, source) = failed.swap_remove(0);
+                return Err(Error::DestroyFailed {
+                    handle,
+                    source: Box::new(source),
+                    others: failed.into_iter().map(|(h, _)| h).collect(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
+        }
         inner.volumes.unmount()?;
         inner.remove_cgroup_parents();
         Ok(())
@@ -339,7 +380,8 @@ impl Table {
 }
 
 impl Inner {
-    fn open(config: Config) -> Result<Inner> {
+    /// Opens the data dir; a backend of this process holding it is waited for up to `wait`.
+    fn open(config: Config, wait: std::time::Duration) -> Result<Inner> {
         let data_dir = &config.data_dir;
         let containers_dir = data_dir.join("containers");
         let bin_dir = data_dir.join("bin");
@@ -348,7 +390,7 @@ impl Inner {
             // Container roots (mapped uids) must traverse to their rootfs and init binary.
             set_mode(dir, 0o711)?;
         }
-        let lock = lock_data_dir(data_dir)?;
+        let lock = DataDirLock::acquire(data_dir, wait)?;
         let runc = Runc::new(&config.runtime_path, &data_dir.join("runc"))?;
         let init_binary = bin_dir.join("kiln-init");
         install_init(&init_binary)?;
@@ -455,15 +497,95 @@ fn backend_tag(data_dir: &Path) -> String {
     hex::encode(digest)[..6].to_string()
 }
 
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = data_dir.join("lock");
-    let file = std::fs::File::create(&path).map_err(|e| Error::io("open lock", &path, e))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::DataDirInUse(data_dir.to_path_buf()));
+/// The exclusive lock on a data dir: a POSIX record lock (`fcntl(F_SETLK)`) on
+/// `<data_dir>/lock` against other processes, and a registry against other backends of this
+/// process.
+///
+/// Not `flock`: an flock belongs to the open file description, which every child this
+/// (multi-threaded) process forks shares until it execs (a `runc`, `iptables` or `btrfs` being
+/// spawned by another thread, the helper of an idmapped mount). A backend dropped at such a
+/// moment left its lock held by that child, and the next open of the data dir (`destroy_all`
+/// right after the drop, a restart) was refused as in use. A record lock belongs to the
+/// process and no child inherits it; since it does not exclude the process itself, backends
+/// of this process are kept apart by [`OPEN_DATA_DIRS`]. Closing *any* fd of the lock file
+/// drops the process's record lock, so the file is opened only by the holder of the registry
+/// entry, and closed before the entry goes.
+#[derive(Debug)]
+struct DataDirLock {
+    /// Device and inode of the data dir.
+    key: (u64, u64),
+    file: Option<std::fs::File>,
+}
+
+/// Data dirs (device, inode) held by a backend of this process.
+static OPEN_DATA_DIRS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+/// Notified when an entry leaves [`OPEN_DATA_DIRS`].
+static DATA_DIR_RELEASED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// How long [`Backend::destroy_all`] waits for a backend of this process on the same data dir
+/// to be dropped.
+const DESTROY_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How many times [`Backend::destroy_all`] tries to destroy a container.
+const DESTROY_ALL_ATTEMPTS: u32 = 5;
+
+impl DataDirLock {
+    /// Takes the lock of `data_dir`, waiting up to `wait` for a backend of this process that
+    /// holds it; one of another process is [`Error::DataDirInUse`] at once.
+    fn acquire(data_dir: &Path, wait: std::time::Duration) -> Result<DataDirLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let in_use = || Error::DataDirInUse(data_dir.to_path_buf());
+        let meta = std::fs::metadata(data_dir).map_err(|e| Error::io("stat", data_dir, e))?;
+        let key = (meta.dev(), meta.ino());
+        {
+            let deadline = std::time::Instant::now() + wait;
+            let mut open = lock(&OPEN_DATA_DIRS);
+            while open.contains(&key) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(in_use());
+                }
+                open = DATA_DIR_RELEASED
+                    .wait_timeout(open, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            open.insert(key);
+        }
+        // From here on, dropping `held` gives the registry entry back.
+        let mut held = DataDirLock { key, file: None };
+        let path = data_dir.join("lock");
+        let file = std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock", &path, e))?;
+        // SAFETY: an all-zero flock is a valid value; the fields that matter are set below.
+        let mut whole: libc::flock = unsafe { std::mem::zeroed() };
+        whole.l_type = libc::F_WRLCK as libc::c_short;
+        whole.l_whence = libc::SEEK_SET as libc::c_short;
+        // l_start = l_len = 0: the whole file.
+        // SAFETY: fcntl on an fd we own with a valid flock struct that outlives the call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EACCES | libc::EAGAIN) => Err(in_use()),
+                _ => Err(Error::io("lock", &path, err)),
+            };
+        }
+        held.file = Some(file);
+        Ok(held)
     }
-    Ok(file)
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        // Close first (releasing the record lock), then let another backend of this process in.
+        drop(self.file.take());
+        lock(&OPEN_DATA_DIRS).remove(&self.key);
+        DATA_DIR_RELEASED.notify_all();
+    }
 }
 
 fn install_init(path: &Path) -> Result<()> {
@@ -494,5 +616,78 @@ impl From<ContainerState> for &'static str {
             ContainerState::Active => "active",
             ContainerState::Stopped => "stopped",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_lock_per_data_dir_in_this_process_and_waiters_get_it_when_it_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DataDirLock::acquire(dir.path(), Duration::ZERO).expect("first");
+        assert!(matches!(
+            DataDirLock::acquire(dir.path(), Duration::ZERO),
+            Err(Error::DataDirInUse(_))
+        ));
+        let started = Instant::now();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let second = DataDirLock::acquire(dir.path(), Duration::from_secs(10))
+            .expect("given when the first goes");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        releaser.join().expect("releaser");
+        drop(second);
+        DataDirLock::acquire(dir.path(), Duration::ZERO).expect("free again");
+    }
+
+    #[test]
+    fn another_process_holding_the_lock_is_refused_at_once() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path =
+            std::ffi::CString::new(dir.path().join("lock").as_os_str().as_bytes()).expect("path");
+        let mut ready = [0; 2];
+        // SAFETY: `ready` has room for the two fds pipe2 writes.
+        let rc = unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0);
+        // SAFETY: the child makes only async-signal-safe calls (open, fcntl, write, pause,
+        // _exit) and never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600);
+                let mut whole: libc::flock = std::mem::zeroed();
+                whole.l_type = libc::F_WRLCK as libc::c_short;
+                let ok: u8 = (fd >= 0 && libc::fcntl(fd, libc::F_SETLK, &whole) == 0).into();
+                libc::write(ready[1], &ok as *const u8 as *const libc::c_void, 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let mut ok = 0u8;
+        // SAFETY: reads one byte into `ok`; the fds are ours.
+        let n = unsafe { libc::read(ready[0], &mut ok as *mut u8 as *mut libc::c_void, 1) };
+        let started = Instant::now();
+        let result = DataDirLock::acquire(dir.path(), Duration::from_secs(10));
+        // SAFETY: kill and reap our own child; close our pipe fds.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            libc::close(ready[0]);
+            libc::close(ready[1]);
+        }
+        assert_eq!((n, ok), (1, 1), "the child took the lock");
+        assert!(matches!(result, Err(Error::DataDirInUse(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "not waited for");
+        DataDirLock::acquire(dir.path(), Duration::ZERO).expect("free once the child is gone");
     }
 }

@@ -29,7 +29,10 @@ pub struct TestBackend {
     /// Dropped before the clean-up, which needs the data dir's lock.
     pub backend: std::mem::ManuallyDrop<Backend>,
     pub config: Config,
-    _dir: tempfile::TempDir,
+    /// Whether `backend` is dropped already (a failed `reopen`).
+    dropped: bool,
+    /// `None` once kept because the clean-up failed.
+    dir: Option<tempfile::TempDir>,
 }
 
 pub fn config_for(index: u8, data_dir: &Path) -> Config {
@@ -60,16 +63,51 @@ impl TestBackend {
     pub async fn new(index: u8) -> TestBackend {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = config_for(index, &dir.path().join("data"));
-        let backend = Backend::new(config.clone()).await.expect("backend starts");
-        backend
+        let backend = match Backend::new(config.clone()).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                // It may have mounted its store before failing.
+                if let Err(c) = clean_up(&config) {
+                    let kept = dir.keep();
+                    fail_clean_up(&config, &format!("(dir kept: {kept:?})"), c);
+                }
+                panic!("backend starts: {e}");
+            }
+        };
+        // Made before anything else can fail, so that its drop cleans up.
+        let t = TestBackend {
+            backend: std::mem::ManuallyDrop::new(backend),
+            config,
+            dropped: false,
+            dir: Some(dir),
+        };
+        t.backend
             .import_stack(tiny_layout(), "tiny")
             .await
             .expect("import tiny");
-        TestBackend {
-            backend: std::mem::ManuallyDrop::new(backend),
-            config,
-            _dir: dir,
+        t
+    }
+
+    /// Drops the backend now (the clean-up still comes on drop). `backend` must not be used
+    /// afterwards, until `reopen`.
+    pub fn drop_backend(&mut self) {
+        if !self.dropped {
+            // SAFETY: `dropped` records that it is gone, so it is dropped once; the caller
+            // does not use it any more.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
+            self.dropped = true;
         }
+    }
+
+    /// Drops the backend and opens a new one on the same data dir (which recovers what the
+    /// first left, per `config.recovery`).
+    pub async fn reopen(&mut self) {
+        self.drop_backend();
+        let backend = Backend::new(self.config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("reopen the backend: {e}"));
+        self.backend = std::mem::ManuallyDrop::new(backend);
+        self.dropped = false;
     }
 
     /// A container on the tiny stack with default limits.
@@ -121,13 +159,46 @@ pub fn spec(handle: &str) -> ContainerSpec {
     }
 }
 
+/// `Backend::destroy_all`, tried again for a while if it fails (a backend of the test still
+/// being dropped by a task, a mount still busy): on `Err`, things are left on the machine.
+pub fn clean_up(config: &Config) -> Result<(), kiln_containers::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Backend::destroy_all(config) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!(
+                    "cleaning up {} failed, trying again: {e}",
+                    config.data_dir.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Drop for TestBackend {
     fn drop(&mut self) {
-        // SAFETY: `backend` is not used after this; drop runs once.
-        unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
-        if let Err(e) = Backend::destroy_all(&self.config) {
-            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        self.drop_backend();
+        if let Err(e) = clean_up(&self.config) {
+            // Removing the dir would delete through whatever is still mounted in it: keep it.
+            let kept = self.dir.take().map(tempfile::TempDir::keep);
+            fail_clean_up(&self.config, &format!("(dir kept: {kept:?})"), e);
         }
+    }
+}
+
+/// Reports a failed clean-up loudly: on stderr, and as a panic that fails the test unless it
+/// is failing already (a panic while unwinding would abort the whole test binary).
+pub fn fail_clean_up(config: &Config, note: &str, e: kiln_containers::Error) {
+    let message = format!(
+        "LEAK: cleaning up {} failed, it is left on the machine {note}: {e}",
+        config.data_dir.display()
+    );
+    eprintln!("{message}");
+    if !std::thread::panicking() {
+        panic!("{message}");
     }
 }
 

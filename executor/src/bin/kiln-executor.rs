@@ -1,7 +1,9 @@
 //! `kiln-executor`: the cell agent. Reads its configuration (a TOML file, then flags and
 //! environment variables over it), opens its container backend, imports its stacks, connects
-//! to NATS and runs instances for the controller until SIGTERM or SIGINT; then unregisters
-//! every route, stops every instance, and leaves nothing running or mounted.
+//! to NATS and runs instances for the controller until SIGTERM, SIGINT or a drain command;
+//! then evacuates (the controller starts its instances elsewhere and stops them here, for up
+//! to the evacuation timeout; a second signal cuts this short), unregisters the routes of what
+//! remains, stops it, and exits leaving nothing running or mounted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kiln_containers::Backend;
-use kiln_executor::{Config, Executor};
+use kiln_executor::{Config, Evacuation, Executor};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
@@ -193,14 +195,32 @@ async fn serve(config: Config, opened: &mut bool) -> Result<()> {
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     };
-    let name = tokio::select! {
+    let why = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        () = executor.drain_requested() => "drain command",
     };
+    let timeout = config.timings.evacuation_timeout();
     info!(
-        signal = name,
-        "stopping: unregistering routes and stopping instances"
+        reason = why,
+        timeout_secs = timeout.as_secs(),
+        "evacuating: the controller starts this cell's instances elsewhere (SIGTERM or SIGINT again stops them at once)"
     );
+    executor.evacuate();
+    let handed_over = tokio::select! {
+        outcome = executor.evacuated(timeout) => outcome == Evacuation::Complete,
+        _ = term.recv() => {
+            info!(signal = "SIGTERM", "a second signal: stopping at once");
+            false
+        }
+        _ = int.recv() => {
+            info!(signal = "SIGINT", "a second signal: stopping at once");
+            false
+        }
+    };
+    if !handed_over {
+        info!("stopping what is left: unregistering routes and stopping instances");
+    }
     executor.shutdown().await;
     Ok(())
 }

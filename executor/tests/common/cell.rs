@@ -20,7 +20,9 @@ pub struct Cell {
     pub droplets: DropletServer,
     pub config: Config,
     pub nats: kiln_testkit::Nats,
-    _dir: tempfile::TempDir,
+    /// `None` once kept because the clean-up failed: removing it would delete through
+    /// whatever is still mounted in it.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Cell {
@@ -28,6 +30,9 @@ impl Cell {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = kiln_testkit::Nats::start();
         let config = config(index, dir.path(), &nats.url);
+        // Until the cell exists (its drop cleans up), a failed set-up cleans up here, after
+        // the runtime is gone: the backend may have mounted its store.
+        let guard = CleanUpOnPanic(config.backend_config());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -52,8 +57,9 @@ impl Cell {
             droplets,
             config,
             nats,
-            _dir: dir,
+            dir: Some(dir),
         };
+        std::mem::forget(guard);
         cell.start_executor();
         cell
     }
@@ -114,8 +120,55 @@ impl Drop for Cell {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_secs(20));
         }
-        if let Err(e) = Backend::destroy_all(&self.config.backend_config()) {
-            eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
+        let config = self.config.backend_config();
+        if let Err(e) = clean_up(&config) {
+            let kept = self.dir.take().map(tempfile::TempDir::keep);
+            fail_clean_up(&config, &format!("(dir kept: {kept:?})"), e);
         }
+    }
+}
+
+/// Cleans up a backend's data dir if dropped while panicking.
+struct CleanUpOnPanic(kiln_containers::Config);
+
+impl Drop for CleanUpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Err(e) = clean_up(&self.0) {
+                fail_clean_up(&self.0, "", e);
+            }
+        }
+    }
+}
+
+/// `Backend::destroy_all`, tried again for a while if it fails (a mount still busy, a task
+/// still dropping its handle on the backend): on `Err`, things are left on the machine.
+pub fn clean_up(config: &kiln_containers::Config) -> Result<(), kiln_containers::Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Backend::destroy_all(config) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!(
+                    "cleaning up {} failed, trying again: {e}",
+                    config.data_dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reports a failed clean-up loudly: on stderr, and as a panic that fails the test unless it
+/// is failing already (a panic while unwinding would abort the whole test binary).
+pub fn fail_clean_up(config: &kiln_containers::Config, note: &str, e: kiln_containers::Error) {
+    let message = format!(
+        "LEAK: cleaning up {} failed, it is left on the machine {note}: {e}",
+        config.data_dir.display()
+    );
+    eprintln!("{message}");
+    if !std::thread::panicking() {
+        panic!("{message}");
     }
 }

@@ -22,7 +22,7 @@ struct Args {
     /// Where apps' traffic arrives [default: 0.0.0.0:8081].
     #[arg(long, env = "KILN_ROUTER_LISTEN")]
     listen: Option<SocketAddr>,
-    /// The status listener (/health, /varz, /routes) [default: 127.0.0.1:8082].
+    /// The status listener (/health, /varz, /metrics, /routes) [default: 127.0.0.1:8082].
     #[arg(long, env = "KILN_ROUTER_STATUS_LISTEN")]
     status_listen: Option<SocketAddr>,
     /// The NATS server [default: nats://127.0.0.1:4222].
@@ -43,6 +43,9 @@ struct Args {
     /// Seconds in-flight requests get at shutdown [default: 30].
     #[arg(long, env = "KILN_ROUTER_DRAIN_TIMEOUT", value_parser = seconds)]
     drain_timeout: Option<Duration>,
+    /// Publish an RTR access log line to the app's log for every request [default: true].
+    #[arg(long, env = "KILN_ROUTER_RTR_LINES")]
+    rtr_lines: Option<bool>,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -68,6 +71,7 @@ impl Args {
             request_timeout,
             header_read_timeout,
             drain_timeout,
+            rtr_lines,
             ..
         } = self;
         config.listen = listen.unwrap_or(config.listen);
@@ -78,6 +82,7 @@ impl Args {
         config.request_timeout = request_timeout.unwrap_or(config.request_timeout);
         config.header_read_timeout = header_read_timeout.unwrap_or(config.header_read_timeout);
         config.drain_timeout = drain_timeout.unwrap_or(config.drain_timeout);
+        config.rtr_lines = rtr_lines.unwrap_or(config.rtr_lines);
         config.validate()?;
         Ok(config)
     }

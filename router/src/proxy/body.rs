@@ -1,13 +1,18 @@
 //! Bodies in both directions, streamed frame by frame. A request body can be offered to
 //! another endpoint only while no attempt has started reading it ([`BodySource`]); a
-//! response body keeps its request counted as in flight until it is done ([`Held`]).
+//! response body drives the endpoint connection it comes from and keeps its request counted
+//! as in flight until it is done, then says how many bytes it sent ([`Streamed`]). Both count
+//! their bytes for the RTR line.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::upstream::Upstream;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
@@ -17,14 +22,19 @@ pub(crate) struct BodySource {
     slot: Slot,
     empty: bool,
     hint: SizeHint,
+    /// Bytes read from the client, when someone wants to know (and the body is not empty).
+    read: Option<Arc<AtomicU64>>,
 }
 
 impl BodySource {
-    pub(crate) fn new(body: Incoming) -> BodySource {
+    /// Waits for an attempt to take `body`; `count` keeps a count of the bytes read.
+    pub(crate) fn new(body: Incoming, count: bool) -> BodySource {
+        let empty = body.is_end_stream();
         BodySource {
-            empty: body.is_end_stream(),
+            empty,
             hint: body.size_hint(),
             slot: Arc::new(Mutex::new(Some(body))),
+            read: (count && !empty).then(Arc::default),
         }
     }
 
@@ -34,7 +44,13 @@ impl BodySource {
             slot: (!self.empty).then(|| self.slot.clone()),
             body: None,
             hint: self.hint,
+            read: self.read.clone(),
         }
+    }
+
+    /// The count of bytes read from the client, if kept.
+    pub(crate) fn bytes_read(&self) -> Option<Arc<AtomicU64>> {
+        self.read.clone()
     }
 
     /// Whether another attempt can still send the whole body (nothing of it was read).
@@ -55,6 +71,7 @@ pub(crate) struct AttemptBody {
     slot: Option<Slot>,
     body: Option<Incoming>,
     hint: SizeHint,
+    read: Option<Arc<AtomicU64>>,
 }
 
 /// An attempt found the body gone: an earlier attempt read from it.
@@ -77,10 +94,16 @@ impl Body for AttemptBody {
                 return Poll::Ready(Some(Err(BodyGone.into())));
             }
         }
-        match self.body.as_mut() {
+        let polled = match self.body.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            None => Poll::Ready(None),
+            None => return Poll::Ready(None),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(read)) = (&polled, &self.read) {
+            if let Some(data) = frame.data_ref() {
+                read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -98,31 +121,73 @@ impl Body for AttemptBody {
     }
 }
 
-/// A response body that holds something (the endpoint lease, the in-flight count) until
-/// it ends or is dropped.
-#[derive(Debug)]
-pub(crate) struct Held<B, H> {
-    body: B,
-    _hold: H,
+/// What a [`Streamed`] body holds until it is done.
+pub(crate) trait OnEnd {
+    /// The body is done (or was dropped) after `sent` bytes; `clean` is the endpoint
+    /// connection when the body reached its end without error (so it may serve again).
+    fn ended(&mut self, sent: u64, clean: Option<Upstream>);
 }
 
-impl<B, H> Held<B, H> {
-    pub(crate) fn new(body: B, hold: H) -> Held<B, H> {
-        Held { body, _hold: hold }
+/// The endpoint's response body on its way to the client. It drives the endpoint connection
+/// it comes from (in the client connection's task), counts its bytes, and when it is done or
+/// dropped hands its hold the connection (if the body ended cleanly) and the byte count.
+#[derive(Debug)]
+pub(crate) struct Streamed<H: OnEnd> {
+    body: Incoming,
+    upstream: Option<Upstream>,
+    hold: H,
+    sent: u64,
+    ended: bool,
+}
+
+impl<H: OnEnd> Streamed<H> {
+    pub(crate) fn new(body: Incoming, upstream: Upstream, hold: H) -> Streamed<H> {
+        Streamed {
+            body,
+            upstream: Some(upstream),
+            hold,
+            sent: 0,
+            ended: false,
+        }
     }
 }
 
-impl<B: Body + Unpin, H: Unpin> Body for Held<B, H> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl<H: OnEnd> Drop for Streamed<H> {
+    fn drop(&mut self) {
+        let clean = (self.ended || self.body.is_end_stream())
+            .then(|| self.upstream.take())
+            .flatten();
+        self.hold.ended(self.sent, clean);
+    }
+}
+
+impl<H: OnEnd + Unpin> Body for Streamed<H> {
+    type Data = Bytes;
+    type Error = hyper::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(upstream) = this.upstream.as_mut() {
+            // Reads from the endpoint into the body's channel (and finishes the request body).
+            let _ = upstream.poll_conn(cx);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                this.ended = this.body.is_end_stream();
+            }
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => this.upstream = None,
+            Poll::Pending => {}
+        }
+        polled
     }
-
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }

@@ -2,34 +2,46 @@
 //! (gorouter's `X-Vcap-Request-Id`, `X-Forwarded-*`, `X-CF-*`), and the router's own error
 //! answers, named in `X-Cf-Routererror`.
 
+use std::cell::Cell;
+use std::io::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, EXPECT, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::{Response, StatusCode};
 
 use super::ProxyBody;
 use crate::table::Endpoint;
 
 /// The request id header, added when absent.
-pub(crate) const REQUEST_ID: &str = "x-vcap-request-id";
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
 /// Names the router's own errors.
-pub(crate) const ROUTER_ERROR: &str = "x-cf-routererror";
+pub(crate) const ROUTER_ERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+const APPLICATION_ID: HeaderName = HeaderName::from_static("x-cf-applicationid");
+const INSTANCE_ID: HeaderName = HeaderName::from_static("x-cf-instanceid");
+const INSTANCE_INDEX: HeaderName = HeaderName::from_static("x-cf-instanceindex");
 
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+// Names made once, not parsed from text for every request.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
     // The router already answered `100 Continue` itself when it started reading the body.
-    "expect",
+    EXPECT,
 ];
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
@@ -50,12 +62,21 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// Removes hop-by-hop headers (and those `Connection` names); an upgrade keeps
 /// `Connection: upgrade` and its `Upgrade`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = headers.get(UPGRADE).cloned();
-    let named: Vec<String> = connection_tokens(headers).collect();
-    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+    let upgrade = if keep_upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<String> = connection_tokens(headers).collect();
+        for name in &named {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    if let (true, Some(upgrade)) = (keep_upgrade, upgrade) {
+    if let Some(upgrade) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, upgrade);
     }
@@ -63,56 +84,79 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds what the app should know of the client: `X-Forwarded-For` (appended),
 /// `X-Forwarded-Proto` (kept if sent), `X-Vcap-Request-Id`, `X-Request-Start` (ms).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, request_id: &HeaderValue) {
-    let earlier: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let forwarded_for = if earlier.is_empty() {
-        client.to_string()
-    } else {
-        format!("{}, {client}", earlier.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", v);
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    request_id: &HeaderValue,
+    now: SystemTime,
+) {
+    let mut value = Vec::with_capacity(64);
+    for earlier in headers.get_all(&FORWARDED_FOR) {
+        value.extend_from_slice(earlier.as_bytes());
+        value.extend_from_slice(b", ");
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let _ = write!(value, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        headers.insert(FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(&FORWARDED_PROTO) {
+        headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     headers.insert(REQUEST_ID, request_id.clone());
-    if !headers.contains_key("x-request-start") {
-        let ms = SystemTime::now()
+    if !headers.contains_key(&REQUEST_START) {
+        let ms = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        headers.insert("x-request-start", HeaderValue::from(ms as u64));
+        headers.insert(REQUEST_START, HeaderValue::from(ms as u64));
     }
 }
 
-/// Names the app and instance the request goes to.
+/// Names the app and instance the request goes to (with the values made at registration).
 pub(crate) fn add_endpoint(headers: &mut HeaderMap, endpoint: &Endpoint) {
+    let prepared = &endpoint.prepared;
     for (name, value) in [
-        ("x-cf-applicationid", &endpoint.app),
-        ("x-cf-instanceid", &endpoint.instance_id),
-        ("x-cf-instanceindex", &endpoint.instance_index),
+        (APPLICATION_ID, &prepared.app),
+        (INSTANCE_ID, &prepared.instance_id),
+        (INSTANCE_INDEX, &prepared.instance_index),
     ] {
-        match HeaderValue::from_str(value) {
-            Ok(v) if !value.is_empty() => {
-                headers.insert(HeaderName::from_static(name), v);
+        match value {
+            Some(v) => {
+                headers.insert(name, v.clone());
             }
-            _ => {
+            None => {
                 headers.remove(name);
             }
         }
     }
 }
 
-/// A new request id (a v4 uuid).
+/// A new request id: a v4 uuid from a per-thread generator seeded from the system's random
+/// source once, so that no request makes a `getrandom` call (ids must be unique, not secret).
 pub(crate) fn new_request_id() -> HeaderValue {
-    let id = uuid::Uuid::new_v4().to_string();
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+            a ^ b.rotate_left(32)
+        });
+    }
+    // wyrand: one multiply per 64 bits.
+    let next = || {
+        STATE.with(|state| {
+            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            ((t >> 64) as u64) ^ (t as u64)
+        })
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next().to_le_bytes());
+    bytes[8..].copy_from_slice(&next().to_le_bytes());
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = id.hyphenated().encode_lower(&mut buf);
     // A uuid is always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// One of the router's own answers.
@@ -205,12 +249,24 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_distinct_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| new_request_id().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids.iter().take(10) {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{id}");
+        }
+    }
+
+    #[test]
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let id = new_request_id();
-        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &id);
+        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &id, SystemTime::now());
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get(REQUEST_ID).unwrap(), &id);

@@ -1,7 +1,12 @@
 //! One proxied request: find the route by `Host` and path, add the forwarding headers, and
 //! try up to three endpoints. Another endpoint is tried after a failed dial (which also
 //! removes the endpoint from the table), or after any failure of an idempotent request that
-//! got no response, but never once any of the request body may have been sent.
+//! got no response, but never once any of the request body may have been sent. A pooled
+//! connection the endpoint closed meanwhile is replaced by a new one to the same endpoint
+//! when the request provably was not sent on it (or is idempotent and can be sent whole).
+//!
+//! Endpoint connections ([`crate::upstream`]) are driven from the client connection's task,
+//! so the whole exchange runs in one task.
 
 mod body;
 mod headers;
@@ -10,25 +15,28 @@ mod upgrade;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST};
+use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::{bump, drop_one};
+use crate::rtr::{Arrival, Pending, Seen};
 use crate::server::Drain;
-use crate::table::{normalize_host, Lease, Pick};
+use crate::table::{normalize_host, Endpoint, Lease, Pick};
+use crate::upstream::Upstream;
 use crate::Shared;
-use body::{AttemptBody, BodySource, Held};
+pub(crate) use body::AttemptBody;
+use body::{BodySource, OnEnd, Streamed};
 use headers::RouterError;
+pub(crate) use headers::REQUEST_ID;
 
 /// What the router answers with.
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -36,10 +44,9 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// Attempts per request, over different endpoints.
 const MAX_ATTEMPTS: usize = 3;
 
-/// The proxy: the shared state and a pooled HTTP/1.1 client for the endpoints.
+/// The proxy: the shared state (the table holds the endpoints' idle connections).
 pub(crate) struct Proxy {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, AttemptBody>,
     drain: Drain,
 }
 
@@ -52,22 +59,19 @@ impl Drop for InFlight {
     }
 }
 
+/// How one attempt on an endpoint ended, short of a response.
+enum Failure {
+    /// No connection could be made.
+    Dial(crate::upstream::DialError),
+    /// The connection failed before a response head.
+    Exchange(hyper::Error),
+    /// No response head within the request timeout.
+    Timeout,
+}
+
 impl Proxy {
     pub(crate) fn new(shared: Arc<Shared>, drain: Drain) -> Proxy {
-        let config = &shared.config;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.dial_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .build(connector);
-        Proxy {
-            shared,
-            client,
-            drain,
-        }
+        Proxy { shared, drain }
     }
 
     /// Serves one request (errors become responses).
@@ -80,6 +84,10 @@ impl Proxy {
         bump(&metrics.requests);
         bump(&metrics.in_flight);
         let in_flight = InFlight(self.shared.clone());
+        let arrival = Arrival {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        };
         let request_id = request
             .headers()
             .get(headers::REQUEST_ID)
@@ -97,24 +105,29 @@ impl Proxy {
             request_id = request_id.to_str().unwrap_or_default(),
             host = host.as_deref().unwrap_or_default(),
         );
-        let started = Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
+        let uri = request.uri().clone();
         let (response, endpoint) = match host {
             Some(host) => {
-                self.route(request, peer, &request_id, host, in_flight)
+                self.route(request, peer, &request_id, host, in_flight, arrival)
                     .instrument(span.clone())
                     .await
             }
-            None => (RouterError::EmptyHost.response("", &request_id), None),
+            None => {
+                bump(&metrics.empty_hosts);
+                (RouterError::EmptyHost.response("", &request_id), None)
+            }
         };
         let status = response.status().as_u16();
         metrics.response(status);
+        let elapsed = arrival.at.elapsed();
+        metrics.latency.observe(elapsed);
         span.in_scope(|| {
             info!(
                 target: "kiln_router::access",
-                %method, path, status, endpoint = endpoint.unwrap_or_default(),
-                ms = started.elapsed().as_millis() as u64,
+                %method, path = uri.path(), status,
+                endpoint = endpoint.as_deref().map(Endpoint::address).unwrap_or_default(),
+                ms = elapsed.as_millis() as u64,
                 "request"
             )
         });
@@ -129,7 +142,8 @@ impl Proxy {
         request_id: &HeaderValue,
         host: String,
         in_flight: InFlight,
-    ) -> (Response<ProxyBody>, Option<String>) {
+        arrival: Arrival,
+    ) -> (Response<ProxyBody>, Option<Arc<Endpoint>>) {
         let shared = &self.shared;
         let Some(route) = shared.table.lookup(&host, request.uri().path()) else {
             bump(&shared.metrics.unknown_routes);
@@ -139,17 +153,37 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::add_forwarded(&mut parts.headers, peer.ip(), request_id);
-        let body = BodySource::new(body);
+        headers::add_forwarded(&mut parts.headers, peer.ip(), request_id, arrival.wall);
+        if !parts.headers.contains_key(HOST) {
+            // An absolute-form request without `Host`: the app gets the host it named.
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(HOST, value);
+                }
+            }
+        }
+        let body = BodySource::new(body, shared.rtr.enabled());
         let idempotent = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // What the RTR line of a failure names: the last endpoint tried.
+        let failed = |error: RouterError, endpoint: Option<Arc<Endpoint>>| {
+            let response = error.response(&host, request_id);
+            if let Some(endpoint) = endpoint.as_ref().filter(|e| !e.app.is_empty()) {
+                if shared.rtr.enabled() {
+                    let status = response.status().as_u16();
+                    let seen = Seen::copy(&parts);
+                    let pending =
+                        Pending::new(seen, peer, endpoint, status, arrival, body.bytes_read());
+                    let sent = hyper::body::Body::size_hint(response.body())
+                        .exact()
+                        .unwrap_or_default();
+                    shared.rtr.offer(pending.finish(sent), &shared.metrics);
+                }
+            }
+            (response, endpoint)
+        };
         let mut tried = Vec::new();
         for attempt in 1..=MAX_ATTEMPTS {
             let lease = match shared.table.pick(&route, &tried) {
@@ -160,46 +194,48 @@ impl Proxy {
                 bump(&shared.metrics.retries);
             }
             let endpoint = lease.endpoint().clone();
-            let address = endpoint.address();
-            let Ok(uri) = format!("http://{address}{path_and_query}").parse::<Uri>() else {
-                break;
-            };
-            let mut outgoing = Request::new(body.attempt());
-            *outgoing.method_mut() = parts.method.clone();
-            *outgoing.uri_mut() = uri;
-            *outgoing.version_mut() = Version::HTTP_11;
-            *outgoing.headers_mut() = parts.headers.clone();
-            headers::add_endpoint(outgoing.headers_mut(), &endpoint);
-            let sent = self.client.request(outgoing);
-            let result = tokio::time::timeout(shared.config.request_timeout, sent).await;
-            let error = match result {
-                Ok(Ok(response)) => {
+            let address = Address(&endpoint);
+            let failure = match self.exchange(&endpoint, &parts, &body, idempotent).await {
+                Ok((response, upstream)) => {
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     if switching && client_upgrade.is_none() {
                         bump(&shared.metrics.bad_gateways);
+                        bump(&shared.metrics.endpoint_failures);
                         warn!(endpoint = %address, "endpoint switched protocols unasked");
-                        let error = RouterError::EndpointFailure;
-                        return (error.response(&host, request_id), Some(address));
+                        return failed(RouterError::EndpointFailure, Some(endpoint));
                     }
-                    let response = self.respond(response, client_upgrade, lease, in_flight);
-                    return (response, Some(address));
+                    let log = (shared.rtr.enabled() && !endpoint.app.is_empty()).then(|| {
+                        let status = response.status().as_u16();
+                        let seen = Seen::take(parts);
+                        Pending::new(seen, peer, &endpoint, status, arrival, body.bytes_read())
+                    });
+                    let hold = Hold {
+                        lease,
+                        in_flight,
+                        log,
+                    };
+                    let response = self.respond(response, upstream, client_upgrade, hold);
+                    return (response, Some(endpoint));
                 }
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    bump(&shared.metrics.bad_gateways);
-                    warn!(endpoint = %address, "endpoint timed out");
-                    let error = RouterError::EndpointTimeout;
-                    return (error.response(&host, request_id), Some(address));
-                }
+                Err(failure) => failure,
             };
-            let retry = if error.is_connect() {
-                bump(&shared.metrics.dial_failures);
-                shared.table.remove_endpoint(&endpoint.host, endpoint.port);
-                warn!(endpoint = %address, error = %error, attempt, "dial failed; endpoint removed");
-                body.replayable()
-            } else {
-                warn!(endpoint = %address, error = ?error, attempt, "endpoint failed");
-                idempotent && body.replayable()
+            let retry = match failure {
+                Failure::Timeout => {
+                    bump(&shared.metrics.bad_gateways);
+                    bump(&shared.metrics.endpoint_timeouts);
+                    warn!(endpoint = %address, "endpoint timed out");
+                    return failed(RouterError::EndpointTimeout, Some(endpoint));
+                }
+                Failure::Dial(error) => {
+                    bump(&shared.metrics.dial_failures);
+                    shared.table.remove_endpoint(&endpoint.host, endpoint.port);
+                    warn!(endpoint = %address, error = %error, attempt, "dial failed; endpoint removed");
+                    body.replayable()
+                }
+                Failure::Exchange(error) => {
+                    warn!(endpoint = %address, error = ?error, attempt, "endpoint failed");
+                    idempotent && body.replayable()
+                }
             };
             tried.push(endpoint);
             if !retry {
@@ -207,27 +243,73 @@ impl Proxy {
             }
         }
         bump(&shared.metrics.bad_gateways);
-        let error = RouterError::EndpointFailure;
-        (error.response(&host, request_id), None)
+        bump(&shared.metrics.endpoint_failures);
+        failed(RouterError::EndpointFailure, tried.pop())
+    }
+
+    /// One attempt on `endpoint`: a pooled connection (or a new one), the request, and its
+    /// response head within the request timeout.
+    async fn exchange(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        parts: &Parts,
+        body: &BodySource,
+        idempotent: bool,
+    ) -> Result<(Response<Incoming>, Upstream), Failure> {
+        let config = &self.shared.config;
+        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        let mut request = outgoing(parts, body, endpoint);
+        let mut upstream = endpoint.idle.checkout(Instant::now());
+        loop {
+            let mut conn = match upstream.take() {
+                Some(conn) => conn,
+                None => Upstream::dial(endpoint, config.dial_timeout)
+                    .await
+                    .map_err(Failure::Dial)?,
+            };
+            match tokio::time::timeout_at(deadline, conn.send(request)).await {
+                Ok(Ok(response)) => return Ok((response, conn)),
+                Ok(Err(mut error)) => {
+                    let given_back = error.take_message();
+                    let error = error.into_error();
+                    if !conn.reused {
+                        return Err(Failure::Exchange(error));
+                    }
+                    // A pooled connection the endpoint closed meanwhile: the request again on
+                    // a new one, if it was not sent at all or can be sent whole again.
+                    request = match given_back {
+                        Some(request) => request,
+                        None if idempotent && body.replayable() => outgoing(parts, body, endpoint),
+                        None => return Err(Failure::Exchange(error)),
+                    };
+                    tracing::debug!(error = %error, "pooled connection was closed; dialling");
+                }
+                Err(_) => return Err(Failure::Timeout),
+            }
+        }
     }
 
     /// Passes the endpoint's response on: streamed, or switched to a tunnel after a 101.
     fn respond(
         &self,
         mut response: Response<Incoming>,
+        upstream: Upstream,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        lease: Lease,
-        in_flight: InFlight,
+        mut hold: Hold,
     ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let endpoint_upgrade = hyper::upgrade::on(&mut response);
+            // The connection finishes the switch on its own; the tunnel then takes it over.
+            upstream.detach();
+            // The line is written at the switch; what the tunnel carries is not counted.
+            hold.ended(0, None);
             upgrade::tunnel(
                 self.shared.clone(),
                 &self.drain,
                 client_upgrade,
                 endpoint_upgrade,
-                lease,
+                hold.lease,
             );
             let (parts, _) = response.into_parts();
             let empty = http_body_util::Empty::new()
@@ -237,7 +319,54 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        let body = Held::new(body, (lease, in_flight)).boxed_unsync();
+        let body = Streamed::new(body, upstream, hold).boxed_unsync();
         Response::from_parts(parts, body)
+    }
+}
+
+/// The request for an endpoint: the client's, in origin form, with the endpoint's headers.
+fn outgoing(parts: &Parts, body: &BodySource, endpoint: &Endpoint) -> Request<AttemptBody> {
+    let mut request = Request::new(body.attempt());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    headers::add_endpoint(request.headers_mut(), endpoint);
+    request
+}
+
+/// An endpoint's `host:port` in log lines, formatted only if the line is written.
+struct Address<'a>(&'a Endpoint);
+
+impl std::fmt::Display for Address<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.address())
+    }
+}
+
+/// What a streamed response holds until it is done: the endpoint, the request's place among
+/// those in flight, and its RTR line, sent once the byte count is known.
+struct Hold {
+    lease: Lease,
+    in_flight: InFlight,
+    log: Option<Pending>,
+}
+
+impl OnEnd for Hold {
+    fn ended(&mut self, sent: u64, clean: Option<Upstream>) {
+        let shared = &self.in_flight.0;
+        if let Some(upstream) = clean {
+            let max = shared.config.max_idle_per_endpoint;
+            self.lease.endpoint().idle.checkin(upstream, max);
+        }
+        if let Some(log) = self.log.take() {
+            shared.rtr.offer(log.finish(sent), &shared.metrics);
+        }
     }
 }

@@ -168,6 +168,18 @@ impl Table {
         pruned
     }
 
+    /// Closes idle endpoint connections that timed out or were closed by their endpoint;
+    /// says how many stay open.
+    pub(crate) fn sweep_idle(&self, now: Instant) -> usize {
+        let routes = self.lock();
+        routes
+            .values()
+            .flatten()
+            .flat_map(|(_, pool)| &pool.entries)
+            .map(|e| e.endpoint.idle.sweep(now))
+            .sum()
+    }
+
     /// Counts every endpoint as registered now (after a bus outage, so that registrars get
     /// a full threshold to register again).
     pub fn freshen(&self, now: Instant) {

@@ -6,6 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderValue;
+use hyper::http::uri::Authority;
+
+use crate::upstream::Idle;
+
 use crate::config::Balancing;
 
 /// An app instance traffic can go to.
@@ -25,6 +30,23 @@ pub struct Endpoint {
     pub tags: BTreeMap<String, String>,
     /// Requests proxied to it now (for least connections).
     in_flight: AtomicUsize,
+    /// What every request to it needs, made once: `host:port` for its uri, and the values
+    /// of `X-CF-ApplicationID`, `X-CF-InstanceID` and `X-CF-InstanceIndex` (`None`: the
+    /// header is left out).
+    pub(crate) prepared: Prepared,
+    /// Idle keep-alive connections to it.
+    pub(crate) idle: Idle,
+}
+
+/// An endpoint's parts of every request to it, made when it is registered.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) authority: Option<Authority>,
+    pub(crate) app: Option<HeaderValue>,
+    pub(crate) instance_id: Option<HeaderValue>,
+    pub(crate) instance_index: Option<HeaderValue>,
+    /// Where the app's RTR lines go (`None` without an app).
+    pub(crate) log_subject: Option<async_nats::Subject>,
 }
 
 impl Endpoint {
@@ -37,7 +59,17 @@ impl Endpoint {
         instance_index: String,
         tags: BTreeMap<String, String>,
     ) -> Endpoint {
-        Endpoint {
+        let value = |v: &str| HeaderValue::from_str(v).ok().filter(|_| !v.is_empty());
+        let mut endpoint = Endpoint {
+            idle: Idle::default(),
+            prepared: Prepared {
+                authority: None,
+                app: value(&app),
+                instance_id: value(&instance_id),
+                instance_index: value(&instance_index),
+                log_subject: (!app.is_empty())
+                    .then(|| async_nats::Subject::from(kiln_bus::cell::app_log(&app))),
+            },
             host,
             port,
             app,
@@ -45,7 +77,9 @@ impl Endpoint {
             instance_index,
             tags,
             in_flight: AtomicUsize::new(0),
-        }
+        };
+        endpoint.prepared.authority = endpoint.address().parse().ok();
+        endpoint
     }
 
     /// `host:port`, as dialled (IPv6 literals bracketed).

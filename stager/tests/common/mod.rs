@@ -32,7 +32,9 @@ pub fn builtin_dir() -> PathBuf {
 pub struct Fixture {
     pub backend: std::mem::ManuallyDrop<Backend>,
     pub config: Config,
-    pub dir: tempfile::TempDir,
+    /// Removed on drop, unless the clean-up failed: removing it would delete through whatever
+    /// is still mounted in it.
+    pub dir: std::mem::ManuallyDrop<tempfile::TempDir>,
 }
 
 impl Fixture {
@@ -57,12 +59,22 @@ impl Fixture {
             recovery: Recovery::Destroy,
             ..Config::default()
         };
-        let backend = Backend::new(config.clone()).await.expect("backend starts");
+        let backend = match Backend::new(config.clone()).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                // It may have mounted its store before failing.
+                if let Err(c) = clean_up(&config) {
+                    let kept = dir.keep();
+                    fail_clean_up(&config, &format!("(dir kept: {kept:?})"), c);
+                }
+                panic!("backend starts: {e}");
+            }
+        };
         // Made before anything else can panic, so that its drop cleans up.
         let fixture = Fixture {
             backend: std::mem::ManuallyDrop::new(backend),
             config,
-            dir,
+            dir: std::mem::ManuallyDrop::new(dir),
         };
         fixture
             .backend
@@ -177,24 +189,45 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // SAFETY: `backend` is not used after this; drop runs once.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.backend) };
-        // A task the test started (an abandoned staging's destroy) may still hold a handle on
-        // the backend, and with it the data dir's lock, for a moment.
-        for _ in 0..100 {
-            match Backend::destroy_all(&self.config) {
-                Err(kiln_containers::Error::DataDirInUse(_)) => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(e) => {
-                    eprintln!("cleaning up {}: {e}", self.config.data_dir.display());
-                    return;
-                }
-                Ok(()) => return,
-            }
+        // SAFETY: `dir` is not used after this; drop runs once.
+        let dir = unsafe { std::mem::ManuallyDrop::take(&mut self.dir) };
+        if let Err(e) = clean_up(&self.config) {
+            let kept = dir.keep();
+            fail_clean_up(&self.config, &format!("(dir kept: {kept:?})"), e);
         }
-        eprintln!(
-            "cleaning up {}: the data dir stayed in use",
-            self.config.data_dir.display()
-        );
+    }
+}
+
+/// `Backend::destroy_all`, tried again for a while if it fails (a task the test started, an
+/// abandoned staging's destroy, may still hold a handle on the backend and with it the data
+/// dir's lock; a mount may still be busy): on `Err`, things are left on the machine.
+pub fn clean_up(config: &Config) -> Result<(), kiln_containers::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Backend::destroy_all(config) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!(
+                    "cleaning up {} failed, trying again: {e}",
+                    config.data_dir.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reports a failed clean-up loudly: on stderr, and as a panic that fails the test unless it
+/// is failing already (a panic while unwinding would abort the whole test binary).
+pub fn fail_clean_up(config: &Config, note: &str, e: kiln_containers::Error) {
+    let message = format!(
+        "LEAK: cleaning up {} failed, it is left on the machine {note}: {e}",
+        config.data_dir.display()
+    );
+    eprintln!("{message}");
+    if !std::thread::panicking() {
+        panic!("{message}");
     }
 }
 

@@ -1,0 +1,130 @@
+# shellcheck shell=bash disable=SC2034 # variables set here are used by the scripts that source it
+# Shared by deploy/up, deploy/down and deploy/check (sourced, not run): where a platform's
+# files are, how its processes are recognised, and the audit of what its container backends
+# leave on the machine.
+#
+# A platform is one data dir (KILN_DATA, default /var/lib/kiln/platform):
+#   etc/    the components' config files (written by deploy/up at every run)
+#   run/    <component>.pid, and the lock deploy/up and deploy/down take
+#   logs/   <component>.log (appended to)
+#   cc/     the controller's database, blobstore, keys, admin-password, internal-token
+#   stager/ the stager's container backend;  executor/ the cell's droplets and container backend
+#   stacks/ the stack store both backends import into;  tmp/ the stager's build dirs
+# A process belongs to the platform when its pid file names it, its name (comm) is the
+# component's binary and its working directory is the data dir (every component is started
+# there), so a reused pid or another platform's process is never taken for one of ours.
+
+# The components, in start order (deploy/down stops them in its own order).
+KILN_COMPONENTS=(nats cc stager executor router)
+
+kiln_paths() {
+  local data=${KILN_DATA:-/var/lib/kiln/platform}
+  case $data in
+    /*) ;;
+    *) data=$PWD/$data ;;
+  esac
+  # Canonical (symlinks resolved), as /proc/<pid>/cwd shows it; the dir may not exist yet.
+  DATA=$(realpath -m -- "$data")
+  if [ "$DATA" = / ]; then
+    echo "KILN_DATA must not be /" >&2
+    exit 2
+  fi
+  ETC=$DATA/etc
+  RUN=$DATA/run
+  LOGS=$DATA/logs
+  STAGER_BACKEND=$DATA/stager
+  EXECUTOR_BACKEND=$DATA/executor/containers
+}
+
+# The binary name (as /proc/<pid>/comm shows it) of a component.
+kiln_comm() {
+  case $1 in
+    nats) echo nats-server ;;
+    cc) echo kiln-cc ;;
+    stager) echo kiln-stager ;;
+    executor) echo kiln-executor ;;
+    router) echo kiln-router ;;
+    *) return 1 ;;
+  esac
+}
+
+# Whether pid $1 runs (exists and is not a zombie waiting for its parent to reap it).
+kiln_alive() {
+  local stat
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat:0:1}" != Z ]
+}
+
+# Whether pid $2 is component $1 of this platform.
+kiln_is_ours() {
+  local name=$1 pid=$2 comm cwd
+  kiln_alive "$pid" || return 1
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [ "$comm" = "$(kiln_comm "$name")" ] || return 1
+  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 1
+  [ "$cwd" = "$DATA" ]
+}
+
+# Prints the pid of component $1 if it runs (per its pid file), else fails.
+kiln_running_pid() {
+  local file=$RUN/$1.pid pid
+  [ -f "$file" ] || return 1
+  pid=$(head -n 1 "$file" 2>/dev/null || true)
+  kiln_is_ours "$1" "$pid" || return 1
+  echo "$pid"
+}
+
+# Processes of this platform whatever their pid files say: "pid name" lines.
+kiln_strays() {
+  local pid comm cwd
+  ps -e -o pid=,comm= | while read -r pid comm; do
+    case $comm in
+      nats-server | kiln-cc | kiln-stager | kiln-executor | kiln-router) ;;
+      *) continue ;;
+    esac
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || continue
+    [ "$cwd" = "$DATA" ] && kiln_alive "$pid" && echo "$pid $comm"
+  done
+}
+
+# The container backend's machine-wide tag of a backend data dir (kiln-containers'
+# backend_tag: the first 6 hex digits of the sha256 of the canonical path).
+kiln_backend_tag() {
+  printf '%s' "$(realpath -m -- "$1")" | sha256sum | cut -c1-6
+}
+
+# Mount points at or under $1, deepest first.
+kiln_mounts_under() {
+  local root=$1
+  # Field 5 of mountinfo is the mount point, with space, tab, newline and \ octal-escaped.
+  awk '{ print $5 }' /proc/self/mountinfo |
+    while IFS= read -r mp; do
+      mp=$(printf '%b' "$mp")
+      case $mp in
+        "$root" | "$root"/*) printf '%s\n' "$mp" ;;
+      esac
+    done | awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2-
+}
+
+# What a container backend with data dir $1 still has on the machine, one line per thing
+# ("kind name"); nothing when it is clean.
+kiln_backend_leftovers() {
+  local dir=$1 tag id f table
+  tag=$(kiln_backend_tag "$dir")
+  if [ -d "$dir/runc" ]; then
+    runc --root "$dir/runc" list -q 2>/dev/null | while IFS= read -r id; do
+      [ -n "$id" ] && echo "container $id"
+    done
+  fi
+  for f in /sys/fs/cgroup/*/kiln/"$tag"; do
+    [ -d "$f" ] && echo "cgroup $f"
+  done
+  ip -o link show 2>/dev/null | awk -F': ' '{ print $2 }' | sed 's/@.*//' |
+    grep -E "^kl${tag}[0-9a-f]{3}h$" | sed 's/^/interface /' || true
+  for table in filter nat; do
+    iptables-save -t "$table" 2>/dev/null | grep -oE "^:KILN-${tag}-[0-9]+N?" |
+      sed "s/^:/iptables-chain $table\\//" || true
+  done
+}

@@ -1,0 +1,266 @@
+//! What the router tells about the traffic: RTR lines in apps' logs on the bus, and the
+//! Prometheus `/metrics` document on the status listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::{endpoint, wait_routed, Nats, Registrar, Router};
+use futures::StreamExt;
+use kiln_bus::cell::{app_log, AppLogLine, APP_LOG_ALL};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The next app log line on `lines`.
+async fn next_line(lines: &mut async_nats::Subscriber) -> AppLogLine {
+    let message = tokio::time::timeout(Duration::from_secs(20), lines.next())
+        .await
+        .expect("an app log line within 20 s")
+        .expect("subscription open");
+    kiln_bus::decode(&message.subject, &message.payload).expect("an AppLogLine")
+}
+
+/// The next line whose message has `needle`, skipping others (the probes of `wait_routed`).
+async fn line_with(lines: &mut async_nats::Subscriber, needle: &str) -> AppLogLine {
+    loop {
+        let line = next_line(lines).await;
+        if line.message.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
+    let nats = Nats::start();
+    let router = Router::start(&nats.url).await;
+    let backend = Backend::echo("web").await;
+    let watcher = async_nats::connect(&nats.url).await.unwrap();
+    let mut lines = watcher.subscribe(app_log("app-guid-7")).await.unwrap();
+    let mut all = watcher.subscribe(APP_LOG_ALL).await.unwrap();
+    watcher.flush().await.unwrap();
+    let registrar = Registrar::connect(&nats.url).await;
+    let mut m = endpoint(backend.addr, &["rtr.example.com"], "app-guid-7");
+    m.private_instance_index = "4".into();
+    registrar.register(&m).await;
+    wait_routed(&router, "rtr.example.com", "/").await;
+
+    let response = router
+        .request(reqwest::Method::POST, "rtr.example.com", "/orders/9?full=1")
+        .header("user-agent", "rtr-test/1")
+        .header("referer", "http://example.org/")
+        .header("x-vcap-request-id", "req-rtr-1")
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received = response.bytes().await.unwrap().len();
+
+    let line = line_with(&mut lines, "/orders/9").await;
+    assert_eq!(line.app_guid, "app-guid-7");
+    assert_eq!(line.source, "RTR");
+    assert_eq!(line.stream, "OUT");
+    let message = &line.message;
+    assert!(message.starts_with("rtr.example.com - ["), "{message}");
+    assert!(
+        message.contains(&format!(
+            "\"POST /orders/9?full=1 HTTP/1.1\" 200 12 {received} \"http://example.org/\" \"rtr-test/1\""
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("\"{}\"", backend.addr)),
+        "{message}"
+    );
+    assert!(
+        message.contains("x_forwarded_for:\"127.0.0.1\" x_forwarded_proto:\"http\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("vcap_request_id:\"req-rtr-1\""),
+        "{message}"
+    );
+    assert!(message.contains(" response_time:0."), "{message}");
+    assert!(
+        message.ends_with("app_id:\"app-guid-7\" app_index:\"4\""),
+        "{message}"
+    );
+    assert!(line.timestamp_ns > 0);
+
+    // No line for a host without a route: the next line after the 404 is the next request's.
+    let response = router.get("nowhere.example.com", "/").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let response = router
+        .get("rtr.example.com", "/after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    loop {
+        let line = next_line(&mut all).await;
+        assert!(!line.message.contains("nowhere"), "{}", line.message);
+        if line.message.contains("/after") {
+            break;
+        }
+    }
+    let varz = router.status_json("/varz").await;
+    assert!(varz["rtr_lines"].as_u64().unwrap() >= 2, "{varz}");
+    assert_eq!(varz["rtr_dropped"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
+    let nats = Nats::start();
+    let watcher = async_nats::connect(&nats.url).await.unwrap();
+    let mut lines = watcher.subscribe(APP_LOG_ALL).await.unwrap();
+    watcher.flush().await.unwrap();
+    let router = Router::start(&nats.url).await;
+    let quiet = Router::start_with(&nats.url, |c| c.rtr_lines = false).await;
+    // Connected after the routers: with nats-server 2.9, a registration from a connection
+    // made before the router subscribed is now and then not delivered to it.
+    let registrar = Registrar::connect(&nats.url).await;
+
+    // A dead endpoint: the 502 names it.
+    let dead = common::dead_addr();
+    registrar
+        .register(&endpoint(dead, &["dead.example.com"], "dead-app"))
+        .await;
+    router.wait_endpoints("dead.example.com", 1).await;
+    let response = router.get("dead.example.com", "/x").send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let line = line_with(&mut lines, "\"GET /x HTTP/1.1\" 502").await;
+    assert_eq!(line.app_guid, "dead-app");
+    assert!(
+        line.message.contains(&format!("\"{dead}\"")),
+        "{}",
+        line.message
+    );
+
+    // Off: nothing on the bus.
+    let backend = Backend::echo("web").await;
+    registrar
+        .register(&endpoint(backend.addr, &["quiet.example.com"], "quiet-app"))
+        .await;
+    wait_routed(&quiet, "quiet.example.com", "/").await;
+    let response = quiet.get("quiet.example.com", "/").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(router);
+    let heard = tokio::time::timeout(Duration::from_millis(500), lines.next()).await;
+    if let Ok(Some(message)) = heard {
+        let line: AppLogLine = kiln_bus::decode(&message.subject, &message.payload).unwrap();
+        assert_ne!(line.app_guid, "quiet-app", "{}", line.message);
+    }
+    assert_eq!(quiet.status_json("/varz").await["rtr_lines"], 0);
+}
+
+/// The value of the sample named exactly `sample` (with its labels) in a `/metrics` text.
+fn sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{sample} missing in\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+async fn scrape(router: &Router) -> String {
+    let url = format!("http://{}/metrics", router.status);
+    let response = router.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"].to_str().unwrap();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    response.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_counters_move_with_the_traffic() {
+    let nats = Nats::start();
+    let router = Router::start(&nats.url).await;
+    let backend = Backend::echo("web").await;
+    let registrar = Registrar::connect(&nats.url).await;
+    registrar
+        .register(&endpoint(backend.addr, &["m.example.com"], "m-app"))
+        .await;
+    wait_routed(&router, "m.example.com", "/").await;
+
+    let before = scrape(&router).await;
+    assert!(
+        before.contains("# TYPE kiln_router_requests_total counter"),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "kiln_router_routes"), 1.0);
+    assert_eq!(sample(&before, "kiln_router_endpoints"), 1.0);
+    assert!(sample(&before, "kiln_router_registrations_total") >= 1.0);
+
+    for _ in 0..5 {
+        let response = router.get("m.example.com", "/").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for _ in 0..2 {
+        let response = router.get("none.example.com", "/").send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    // 101 headers: over the count limit, answered 431 by the HTTP layer.
+    let mut client = TcpStream::connect(router.addr).await.unwrap();
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: m.example.com\r\n");
+    for i in 0..101 {
+        request.push_str(&format!("x-h-{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut head)).await;
+    assert!(head.starts_with(b"HTTP/1.1 431"), "{head:?}");
+
+    let after = scrape(&router).await;
+    let moved = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(moved("kiln_router_requests_total"), 7.0);
+    assert_eq!(
+        moved("kiln_router_responses_total{status_class=\"2xx\"}"),
+        5.0
+    );
+    assert_eq!(
+        moved("kiln_router_responses_total{status_class=\"4xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        moved("kiln_router_errors_total{kind=\"unknown_route\"}"),
+        2.0
+    );
+    assert_eq!(
+        moved("kiln_router_errors_total{kind=\"headers_too_large\"}"),
+        1.0
+    );
+    assert_eq!(moved("kiln_router_request_duration_seconds_count"), 7.0);
+    assert_eq!(
+        moved("kiln_router_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        7.0
+    );
+    assert!(moved("kiln_router_request_duration_seconds_sum") > 0.0);
+    assert_eq!(sample(&after, "kiln_router_rtr_lines_dropped_total"), 0.0);
+    assert_eq!(sample(&after, "kiln_router_bus_connected"), 1.0);
+    let published = |text: &str| sample(text, "kiln_router_rtr_lines_total");
+    common::eventually("the RTR lines are published", || async {
+        published(&scrape(&router).await) - published(&before) >= 5.0
+    })
+    .await;
+
+    // The JSON document is still there, with the same counts.
+    let varz = router.status_json("/varz").await;
+    assert_eq!(varz["headers_too_large"], 1);
+    assert_eq!(
+        varz["requests"].as_f64().unwrap(),
+        sample(&after, "kiln_router_requests_total")
+    );
+
+    // Unregistering shows too.
+    registrar
+        .unregister(&endpoint(backend.addr, &["m.example.com"], "m-app"))
+        .await;
+    router.wait_endpoints("m.example.com", 0).await;
+    let gone = scrape(&router).await;
+    assert_eq!(sample(&gone, "kiln_router_unregistrations_total"), 1.0);
+    assert_eq!(sample(&gone, "kiln_router_routes"), 0.0);
+    assert_eq!(sample(&gone, "kiln_router_endpoints"), 0.0);
+}
