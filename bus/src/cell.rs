@@ -17,6 +17,11 @@
 //! and routed; the controller starts each elsewhere and stops it on the draining cell once
 //! the replacement is RUNNING. When the cell has nothing left (or after its evacuation
 //! timeout, stopping what remains) it exits.
+//!
+//! Exec (`kiln ssh -c`): the controller asks the cell of an instance to run a command in the
+//! instance's container with a NATS request ([`InstanceExec`] on [`exec_subject`]`(cell_id)`);
+//! the cell answers on the request's reply subject with an [`ExecResult`] once the command
+//! ended or was killed at its timeout.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +59,12 @@ pub fn stop_subject(cell_id: &str) -> String {
 /// Where the controller tells cell `cell_id` to drain ([`CellDrain`]).
 pub fn drain_subject(cell_id: &str) -> String {
     format!("kiln.cell.{cell_id}.drain")
+}
+
+/// Where the controller asks cell `cell_id` to run a command in an instance's container
+/// ([`InstanceExec`], a request answered with an [`ExecResult`]).
+pub fn exec_subject(cell_id: &str) -> String {
+    format!("kiln.cell.{cell_id}.exec")
 }
 
 /// The subject of app `app_guid`'s log lines.
@@ -183,6 +194,57 @@ pub struct InstanceStop {
 /// it here, or until the cell's evacuation timeout (then it stops what remains), and exit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellDrain {}
+
+/// How long a command may run when the request gives no timeout, seconds.
+pub const EXEC_DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// The longest a command may run, seconds (longer requests are cut to this).
+pub const EXEC_MAX_TIMEOUT_SECS: u64 = 600;
+/// How much of each of a command's stdout and stderr comes back, bytes (the rest is dropped
+/// and the result says `truncated`).
+pub const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// Run a command in an instance's container on the addressed cell (a NATS request; the
+/// answer is an [`ExecResult`]). The command runs as the app's user (vcap) in its working
+/// directory (`/home/vcap/app`) with the app's environment and the instance's (`PORT`,
+/// `CF_INSTANCE_*`, `VCAP_APPLICATION`, ...), its stdin empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceExec {
+    /// The instance (its container).
+    pub instance_guid: String,
+    /// The argv, run through no shell: `["sh", "-c", "echo $PORT"]` for one. A name without
+    /// `/` is looked up in the `PATH`.
+    pub command: Vec<String>,
+    /// Seconds before the command (and whatever it started) is killed; 0 means
+    /// [`EXEC_DEFAULT_TIMEOUT_SECS`], more than [`EXEC_MAX_TIMEOUT_SECS`] is cut to it.
+    #[serde(default)]
+    pub timeout_secs: u64,
+}
+
+/// What became of an [`InstanceExec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// The command's exit code (128 + the signal when killed by one); `None` when it could
+    /// not be started (see `error`) or was killed at its timeout.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Its stdout, invalid UTF-8 replaced, at most [`EXEC_OUTPUT_LIMIT`] bytes of it.
+    #[serde(default)]
+    pub stdout: String,
+    /// Its stderr, likewise.
+    #[serde(default)]
+    pub stderr: String,
+    /// Some output was dropped: over [`EXEC_OUTPUT_LIMIT`], or to fit the answer in the
+    /// bus's largest message.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The command ran past its timeout and was killed (with everything it started).
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Why the command did not run or did not finish ("instance i-1 is not running on cell
+    /// c1"); `None` when it ran to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// The lifecycle state of an instance, as Cloud Foundry shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +385,7 @@ mod tests {
         assert_eq!(stop_subject("cell-1"), "kiln.cell.cell-1.stop");
         assert_eq!(drain_subject("cell-1"), "kiln.cell.cell-1.drain");
         assert_eq!(decode::<CellDrain>("s", b"{}").unwrap(), CellDrain {});
+        assert_eq!(exec_subject("cell-1"), "kiln.cell.cell-1.exec");
         assert_eq!(app_log("a1"), "kiln.logs.app.a1");
         assert_eq!(app_source("web", 0), "APP/PROC/WEB/0");
     }
@@ -346,6 +409,27 @@ mod tests {
         let text = String::from_utf8(encode(&http)).unwrap();
         assert!(text.contains(r#""health_check":{"type":"http""#), "{text}");
         assert_eq!(decode::<InstanceStart>("s", text.as_bytes()).unwrap(), http);
+    }
+
+    #[test]
+    fn execs_default_their_timeout_and_results_round_trip() {
+        let body = br#"{"instance_guid":"i","command":["sh","-c","echo $PORT"]}"#;
+        let exec: InstanceExec = decode("kiln.cell.c.exec", body).unwrap();
+        assert_eq!(exec.timeout_secs, 0);
+        assert_eq!(exec.command, ["sh", "-c", "echo $PORT"]);
+        let done = ExecResult {
+            exit_code: Some(3),
+            stdout: "8080\n".into(),
+            stderr: "err\n".into(),
+            ..ExecResult::default()
+        };
+        let text = String::from_utf8(encode(&done)).unwrap();
+        assert!(!text.contains("error"), "{text}");
+        assert_eq!(decode::<ExecResult>("s", text.as_bytes()).unwrap(), done);
+        let refused: ExecResult =
+            decode("s", br#"{"exit_code":null,"error":"not running"}"#).unwrap();
+        assert_eq!(refused.error.as_deref(), Some("not running"));
+        assert!(!refused.truncated && !refused.timed_out && refused.exit_code.is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod stage;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use commands::{app, env, login, logs, platform, routes};
+use commands::{admin, app, env, login, logs, platform, routes, ssh};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,8 @@ enum Command {
     Restage(app::Named),
     /// Delete an app (-r: and its routes).
     Delete(app::DeleteArgs),
+    /// Run a command in an app's instance: `kiln ssh NAME -c COMMAND`.
+    Ssh(ssh::Args),
     /// Show an app's environment.
     Env(app::Named),
     /// Set an app's environment variable.
@@ -83,6 +85,9 @@ enum Command {
     Domains,
     /// Show an app's audit events.
     Events(platform::EventsArgs),
+    /// Operator commands: `kiln admin cells`, `kiln admin cell drain ID`.
+    #[command(subcommand)]
+    Admin(admin::Admin),
     /// Print a shell completion script: `source <(kiln completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -108,6 +113,7 @@ async fn dispatch(command: Command, out: output::Out) -> anyhow::Result<u8> {
         Command::Restart(a) => app::start(a, true, out).await,
         Command::Restage(a) => app::restage(a, out).await,
         Command::Delete(a) => app::delete(a, out).await,
+        Command::Ssh(a) => ssh::run(a, out).await,
         Command::Env(a) => env::env(a, out).await,
         Command::SetEnv(a) => env::set(&a.name, &a.var, Some(&a.value), out).await,
         Command::UnsetEnv(a) => env::set(&a.name, &a.var, None, out).await,
@@ -119,6 +125,7 @@ async fn dispatch(command: Command, out: output::Out) -> anyhow::Result<u8> {
         Command::UnmapRoute(a) => routes::unmap(a, out).await,
         Command::Domains => platform::domains(out).await,
         Command::Events(a) => platform::events(a, out).await,
+        Command::Admin(a) => admin::run(a, out).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             Ok(0)

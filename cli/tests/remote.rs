@@ -67,7 +67,7 @@ async fn a_manifest_with_two_apps_is_pushed_honouring_cfignore_and_matching_reso
     let root = p.app_dir(
         "two",
         &[
-            ("manifest.yml", "applications:\n- name: front\n  path: front\n  memory: 128M\n  instances: 2\n  env: {GREETING: hi, N: 3}\n  routes: [{route: www.apps.kiln.local}]\n- name: back\n  path: back\n  no-route: true\n  disk_quota: 512M\n"),
+            ("manifest.yml", "applications:\n- name: front\n  path: front\n  memory: 128M\n  instances: 2\n  env: {GREETING: hi, N: 3}\n  routes: [{route: www.apps.kiln.local}]\n- name: back\n  path: back\n  no-route: true\n  disk_quota: 512M\n  command: ./run --serve\n  health-check-type: http\n  health-check-http-endpoint: /up\n  timeout: 90\n"),
             ("front/index.html", "<h1>front</h1>"),
             ("front/big.txt", &big),
             ("front/secret.key", "no"),
@@ -100,6 +100,15 @@ async fn a_manifest_with_two_apps_is_pushed_honouring_cfignore_and_matching_reso
         .to_string();
     let names = zip_names(&p.get_bytes(&format!("/v3/packages/{pkg}/download")).await);
     assert_eq!(names, ["big.txt", "index.html"]);
+
+    // The manifest's command and health check are the web process's.
+    let back = p.kiln(&["app", "back", "--json"]).await.ok().json();
+    let back = back["app"]["guid"].as_str().unwrap().to_string();
+    let web = p.get(&format!("/v3/apps/{back}/processes/web")).await;
+    assert_eq!(web["command"], "./run --serve", "{web}");
+    assert_eq!(web["health_check"]["type"], "http", "{web}");
+    assert_eq!(web["health_check"]["data"]["endpoint"], "/up", "{web}");
+    assert_eq!(web["health_check"]["data"]["timeout"], 90, "{web}");
 
     // A second push sends only the changed file.
     std::fs::write(root.join("front/index.html"), "<h1>front v2</h1>").unwrap();

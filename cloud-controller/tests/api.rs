@@ -604,6 +604,96 @@ async fn staging_log_lines_on_the_bus_are_kept_and_streamed_per_app(db: Db) {
 }
 
 // Every test runs against SQLite and against PostgreSQL.
+async fn a_process_takes_a_command_and_a_health_check_and_refuses_bad_ones(db: Db) {
+    let cc = Controller::start(db).await;
+    let app = cc.app("tuned").await;
+    let (_, web) = cc.get(&format!("/v3/apps/{app}/processes/web")).await;
+    let guid = web["guid"].as_str().unwrap().to_string();
+    assert_eq!(web["health_check"]["type"], "port");
+    assert_eq!(web["command"], serde_json::Value::Null);
+    let path = format!("/v3/processes/{guid}");
+
+    let (status, p) = cc
+        .call(
+            Method::PATCH,
+            &path,
+            Some(
+                json!({"command": "bin/serve --port $PORT", "health_check": {"type": "http",
+                "data": {"endpoint": "/ready", "timeout": 90, "invocation_timeout": 3}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{p}");
+    let (_, p) = cc.get(&path).await;
+    assert_eq!(p["command"], "bin/serve --port $PORT");
+    assert_eq!(p["health_check"]["type"], "http");
+    assert_eq!(p["health_check"]["data"]["endpoint"], "/ready");
+    assert_eq!(p["health_check"]["data"]["timeout"], 90);
+    assert_eq!(p["health_check"]["data"]["invocation_timeout"], 3);
+
+    // Refused, and nothing changes.
+    for (body, words) in [
+        (json!({"health_check": {"type": "tcp"}}), "must be \"port\""),
+        (
+            json!({"health_check": {"type": "port"}}),
+            "endpoint can only be set with the \"http\"",
+        ),
+        (
+            json!({"health_check": {"data": {"endpoint": "ready"}}}),
+            "starting with \"/\"",
+        ),
+        (
+            json!({"health_check": {"data": {"timeout": 0}}}),
+            "between 1 and 180",
+        ),
+    ] {
+        let (status, e) = cc.call(Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(status, 422, "{body} → {e}");
+        let detail = e["errors"][0]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(words), "{body} → {e}");
+    }
+    let (status, e) = cc
+        .call(Method::PATCH, &path, Some(json!({"instances": 3})))
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(e.to_string().contains("unknown field `instances`"), "{e}");
+    let (_, unchanged) = cc.get(&path).await;
+    assert_eq!(unchanged["health_check"], p["health_check"]);
+
+    // Back to the droplet's command and a port check.
+    let (status, p) = cc
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"command": null, "health_check": {"type": "port", "data": {"endpoint": null}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["command"], serde_json::Value::Null);
+    assert_eq!(
+        p["health_check"]["data"]["endpoint"],
+        serde_json::Value::Null
+    );
+    assert_eq!(p["health_check"]["data"]["timeout"], 90);
+
+    let (_, events) = cc
+        .get(&format!(
+            "/v3/audit_events?types=audit.app.process.update&target_guids={app}"
+        ))
+        .await;
+    let events = events["resources"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        !events[0].to_string().contains("bin/serve"),
+        "{}",
+        events[0]
+    );
+    let (status, _) = cc
+        .call(Method::PATCH, "/v3/processes/nope", Some(json!({})))
+        .await;
+    assert_eq!(status, 404);
+}
+
 both!(
     every_endpoint_but_root_and_token_needs_a_valid_unexpired_token,
     apps_are_created_listed_filtered_paged_updated_and_deleted,
@@ -612,4 +702,5 @@ both!(
     a_build_whose_stager_goes_silent_fails_naming_the_stager,
     apps_get_a_web_process_and_a_default_route_and_both_can_be_changed,
     staging_log_lines_on_the_bus_are_kept_and_streamed_per_app,
+    a_process_takes_a_command_and_a_health_check_and_refuses_bad_ones,
 );

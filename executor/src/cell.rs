@@ -202,7 +202,7 @@ impl Shared {
         }
     }
 
-    /// Serves start, stop and drain commands until `done` is cancelled; their tasks. The
+    /// Serves start, stop, drain and exec commands until `done` is cancelled; their tasks. The
     /// subscriptions end with the tasks, so a stopped executor answers no more commands (one
     /// started again in the same process is the only one to answer).
     pub async fn serve_commands(
@@ -223,6 +223,7 @@ impl Shared {
         let starts = subscribe(cell::start_subject(&self.config.cell_id)).await?;
         let stops = subscribe(cell::stop_subject(&self.config.cell_id)).await?;
         let drains = subscribe(cell::drain_subject(&self.config.cell_id)).await?;
+        let execs = subscribe(cell::exec_subject(&self.config.cell_id)).await?;
         // The server has the subscriptions once this returns: commands sent after start()
         // are not lost.
         self.nats
@@ -271,6 +272,7 @@ impl Shared {
                 }
             }
         });
+        let execs = tokio::spawn(crate::exec::serve(self.clone(), execs, done.clone()));
         let cell = self;
         let starts = tokio::spawn(async move {
             let mut starts = starts;
@@ -284,7 +286,7 @@ impl Shared {
                 }
             }
         });
-        Ok(vec![drains, stops, starts])
+        Ok(vec![drains, stops, execs, starts])
     }
 
     /// Finds the instance containers a previous executor left (their processes cannot be

@@ -8,6 +8,7 @@
 //!   into a read-only container layer.
 //! - [`instance`]: one instance's life: container, process, logs, health, routes, the end.
 //! - [`health`]: `port`, `http` and `process` probes.
+//! - `exec`: commands run in an instance's container on request (`kiln ssh -c`).
 //! - `cell`: capacity, start/stop/drain commands, evacuation, recovery; `loops`:
 //!   advertisements, instance listings, route re-registration, metrics; `report`: what goes
 //!   on the bus.
@@ -21,6 +22,7 @@ mod cell;
 pub mod config;
 pub mod droplets;
 pub mod error;
+mod exec;
 pub mod health;
 pub mod instance;
 mod launch;

@@ -1,5 +1,6 @@
 //! The commands that talk to the controller, one module per group.
 
+pub mod admin;
 pub mod app;
 pub mod env;
 pub mod lifecycle;
@@ -7,3 +8,4 @@ pub mod login;
 pub mod logs;
 pub mod platform;
 pub mod routes;
+pub mod ssh;

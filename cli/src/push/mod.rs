@@ -132,9 +132,7 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
             .await?;
     }
     routes::map(client, p, &guid, &space, out).await?;
-    for w in &p.warnings {
-        eprintln!("warning: {w}");
-    }
+    set_processes(client, &guid, p, true).await?;
     let package = client
         .post(
             "/v3/packages",
@@ -165,6 +163,7 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
             &json!({"data": {"guid": droplet}}),
         )
         .await?;
+    set_processes(client, &guid, p, false).await?;
     for (kind, body) in &p.scales {
         client
             .post(
@@ -191,6 +190,23 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
     lifecycle::summary(client, &app).await?;
     if let Some(url) = lifecycle::route_urls(client, &guid).await?.first() {
         println!("\nApp URL: {}", lifecycle::app_url(client, url).await);
+    }
+    Ok(())
+}
+
+/// Sets the command and health check of the app's processes from the plan: `web` (which
+/// exists from the start) when `web` is true, the others (made by staging) otherwise.
+async fn set_processes(client: &mut Client, guid: &str, p: &Plan, web: bool) -> anyhow::Result<()> {
+    for (kind, body) in p.updates.iter().filter(|(k, _)| (k == "web") == web) {
+        let process = client
+            .get(&format!("/v3/apps/{guid}/processes/{kind}"))
+            .await?;
+        client
+            .patch(&format!("/v3/processes/{}", s(&process, "guid")), body)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("setting process {kind}'s command and health check: {e}")
+            })?;
     }
     Ok(())
 }

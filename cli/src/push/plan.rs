@@ -34,10 +34,10 @@ pub struct Plan {
     pub no_start: bool,
     /// Scale bodies per process type.
     pub scales: Vec<(String, Value)>,
+    /// `PATCH /v3/processes/:guid` bodies by process type: command and health check.
+    pub updates: Vec<(String, Value)>,
     /// Seconds to wait for instances.
     pub timeout: u64,
-    /// What the controller cannot do yet and is left out.
-    pub warnings: Vec<String>,
 }
 
 /// The manifest to read: `-f`, else `manifest.yml` of the app folder or `.`.
@@ -146,8 +146,8 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
     let memory = size(&args.memory, a.memory.map(|s| s.0))?;
     let disk = size(&args.disk, a.disk_quota.map(|s| s.0))?;
     let instances = args.instances.or(a.instances);
-    let mut warnings = Vec::new();
     let mut scales = Vec::new();
+    let mut updates = Vec::new();
     let mut web = serde_json::Map::new();
     if let Some(i) = instances {
         web.insert("instances".into(), json!(i));
@@ -169,11 +169,14 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
         if let Some(d) = p.disk_quota {
             body.insert("disk_in_mb".into(), json!(d.0));
         }
-        if p.command.is_some()
-            || p.health_check_type.is_some()
-            || p.health_check_http_endpoint.is_some()
-        {
-            warnings.push(format!("process {}: the controller cannot set a process's command or health check yet; the droplet's are used", p.kind));
+        let settings = process_settings(
+            p.command.as_ref(),
+            p.health_check_type.as_ref(),
+            p.health_check_http_endpoint.as_ref(),
+            None,
+        );
+        if let Some(body) = settings.filter(|_| p.kind != "web") {
+            updates.push((p.kind.clone(), body));
         }
         if p.kind == "web" {
             web.extend(body);
@@ -184,15 +187,22 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
     if !web.is_empty() {
         scales.insert(0, ("web".to_string(), Value::Object(web)));
     }
-    if args.command.is_some()
-        || a.command.is_some()
-        || a.health_check_type.is_some()
-        || a.health_check_http_endpoint.is_some()
-    {
-        warnings.push(
-            "the controller cannot set the web command or health check yet; the droplet's are used"
-                .into(),
-        );
+    let web_manifest = a.processes.iter().find(|p| p.kind == "web");
+    let web_settings = process_settings(
+        args.command
+            .as_ref()
+            .or(a.command.as_ref())
+            .or(web_manifest.and_then(|p| p.command.as_ref())),
+        a.health_check_type
+            .as_ref()
+            .or(web_manifest.and_then(|p| p.health_check_type.as_ref())),
+        a.health_check_http_endpoint
+            .as_ref()
+            .or(web_manifest.and_then(|p| p.health_check_http_endpoint.as_ref())),
+        args.timeout.or(a.timeout),
+    );
+    if let Some(body) = web_settings {
+        updates.insert(0, ("web".to_string(), body));
     }
     Ok(Plan {
         name: a.name.clone(),
@@ -210,7 +220,42 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
         hostname: args.hostname.clone(),
         no_start: args.no_start,
         scales,
+        updates,
         timeout: args.timeout.or(a.timeout).unwrap_or(180),
-        warnings,
     })
+}
+
+/// The body that sets a process's command and health check, if any is given. A `timeout`
+/// (the manifest's, or `-t`) is also the health check's start timeout, capped at the
+/// controller's 180 s.
+fn process_settings(
+    command: Option<&String>,
+    health_check_type: Option<&String>,
+    endpoint: Option<&String>,
+    timeout: Option<u64>,
+) -> Option<Value> {
+    let mut body = serde_json::Map::new();
+    if let Some(c) = command {
+        body.insert("command".into(), json!(c));
+    }
+    let mut data = serde_json::Map::new();
+    if let Some(e) = endpoint {
+        data.insert("endpoint".into(), json!(e));
+    }
+    if let Some(t) = timeout {
+        data.insert("timeout".into(), json!(t.clamp(1, 180)));
+    }
+    // `none` is the old name of `process`.
+    let kind = health_check_type.map(|t| if t == "none" { "process" } else { t.as_str() });
+    if kind.is_some() || !data.is_empty() {
+        let mut hc = serde_json::Map::new();
+        if let Some(k) = kind {
+            hc.insert("type".into(), json!(k));
+        }
+        if !data.is_empty() {
+            hc.insert("data".into(), Value::Object(data));
+        }
+        body.insert("health_check".into(), Value::Object(hc));
+    }
+    (!body.is_empty()).then_some(Value::Object(body))
 }

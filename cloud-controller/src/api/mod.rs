@@ -6,6 +6,7 @@ pub mod buildpacks;
 pub mod builds;
 mod cells;
 mod events;
+mod exec;
 mod internal;
 mod listing;
 mod logs;
@@ -78,9 +79,16 @@ pub fn router(state: AppState) -> Router {
             "/v3/apps/{guid}/processes/{kind}/actions/scale",
             post(processes::scale_by_type),
         )
-        .route("/v3/processes/{guid}", get(processes::get))
+        .route(
+            "/v3/processes/{guid}",
+            get(processes::get).patch(processes::update),
+        )
         .route("/v3/processes/{guid}/actions/scale", post(processes::scale))
         .route("/v3/processes/{guid}/stats", get(processes::stats))
+        .route(
+            "/v3/processes/{guid}/instances/{index}/exec",
+            post(exec::exec),
+        )
         .route("/v3/cells", get(cells::list))
         .route("/v3/cells/{id}", get(cells::get))
         .route("/v3/cells/{id}/actions/drain", post(cells::drain))

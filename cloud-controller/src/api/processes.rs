@@ -31,18 +31,28 @@ pub struct ProcessRow {
     pub memory_mb: i64,
     pub disk_mb: i64,
     pub health_check_type: String,
+    /// The command a user set; the droplet's (`command`) otherwise.
+    pub user_command: Option<String>,
+    pub health_check_endpoint: Option<String>,
+    pub health_check_timeout: Option<i64>,
+    pub health_check_invocation_timeout: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
 }
 
-const COLUMNS: &str = "guid, app_guid, kind, command, instances, memory_mb, disk_mb, health_check_type, created_at, updated_at";
+const COLUMNS: &str = "guid, app_guid, kind, command, instances, memory_mb, disk_mb, health_check_type, user_command, health_check_endpoint, health_check_timeout, health_check_invocation_timeout, created_at, updated_at";
 
 fn process_json(s: &AppState, p: &ProcessRow) -> Value {
     let g = &p.guid;
     json!({
-        "guid": g, "type": p.kind, "command": p.command, "instances": p.instances,
+        "guid": g, "type": p.kind, "command": p.user_command.as_ref().or(p.command.as_ref()),
+        "instances": p.instances,
         "memory_in_mb": p.memory_mb, "disk_in_mb": p.disk_mb, "log_rate_limit_in_bytes_per_second": -1,
-        "health_check": {"type": p.health_check_type, "data": {"timeout": null, "invocation_timeout": null}},
+        "health_check": {"type": p.health_check_type, "data": {
+            "timeout": p.health_check_timeout,
+            "invocation_timeout": p.health_check_invocation_timeout,
+            "endpoint": p.health_check_endpoint.as_deref().or((p.health_check_type == "http").then_some("/")),
+        }},
         "relationships": {"app": {"data": {"guid": p.app_guid}}},
         "metadata": {"labels": {}, "annotations": {}},
         "created_at": p.created_at, "updated_at": p.updated_at,
@@ -183,6 +193,152 @@ pub async fn get_by_type(
         &s,
         &find_by_type(&s, &app, &kind).await?,
     )))
+}
+
+/// `PATCH /v3/processes/:guid` body: a field left out is left as it is; `"command": null` (or
+/// `""`) goes back to the droplet's command.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    #[serde(default, deserialize_with = "present")]
+    command: Option<Option<String>>,
+    health_check: Option<HealthCheckUpdate>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckUpdate {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    data: Option<HealthCheckData>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckData {
+    #[serde(default, deserialize_with = "present")]
+    endpoint: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    timeout: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    invocation_timeout: Option<Option<i64>>,
+}
+
+/// A field given, even as `null`, is `Some`; one left out stays `None` (by `default`).
+fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Longest health check timeout, seconds (Cloud Foundry's default maximum).
+const MAX_HEALTH_CHECK_TIMEOUT: i64 = 180;
+
+/// `PATCH /v3/processes/:guid`: the command and the health check (type, http endpoint,
+/// timeouts). Like Cloud Foundry, running instances keep theirs until the app restarts.
+pub async fn update(
+    user: User,
+    State(s): State<AppState>,
+    Path(guid): Path<String>,
+    ApiJson(body): ApiJson<Update>,
+) -> ApiResult<Json<Value>> {
+    let mut p = find(&s, &guid).await?;
+    let _ = body.metadata;
+    if let Some(command) = body.command {
+        p.user_command = command.filter(|c| !c.trim().is_empty());
+        if p.user_command.as_ref().is_some_and(|c| c.len() > 4096) {
+            return Err(ApiError::Unprocessable(
+                "Command must be at most 4096 characters".into(),
+            ));
+        }
+    }
+    if let Some(hc) = body.health_check {
+        if let Some(kind) = hc.kind {
+            if !["port", "http", "process"].contains(&kind.as_str()) {
+                return Err(ApiError::Unprocessable(format!(
+                    "Health check type must be \"port\", \"process\", or \"http\", not {kind:?}"
+                )));
+            }
+            p.health_check_type = kind;
+        }
+        let data = hc.data.unwrap_or(HealthCheckData {
+            endpoint: None,
+            timeout: None,
+            invocation_timeout: None,
+        });
+        if let Some(endpoint) = data.endpoint {
+            p.health_check_endpoint = endpoint;
+        }
+        if let Some(timeout) = data.timeout {
+            p.health_check_timeout = timeout;
+        }
+        if let Some(timeout) = data.invocation_timeout {
+            p.health_check_invocation_timeout = timeout;
+        }
+    }
+    if p.health_check_type != "http" {
+        if p.health_check_endpoint.is_some() {
+            return Err(ApiError::Unprocessable(
+                "Health check endpoint can only be set with the \"http\" health check type".into(),
+            ));
+        }
+    } else if let Some(e) = &p.health_check_endpoint {
+        if !e.starts_with('/') || e.chars().any(char::is_whitespace) {
+            return Err(ApiError::Unprocessable(format!(
+                "Health check endpoint must be a path starting with \"/\", not {e:?}"
+            )));
+        }
+    }
+    for (name, t) in [
+        ("Health check timeout", p.health_check_timeout),
+        (
+            "Health check invocation timeout",
+            p.health_check_invocation_timeout,
+        ),
+    ] {
+        if t.is_some_and(|t| !(1..=MAX_HEALTH_CHECK_TIMEOUT).contains(&t)) {
+            return Err(ApiError::Unprocessable(format!(
+                "{name} must be between 1 and {MAX_HEALTH_CHECK_TIMEOUT} seconds"
+            )));
+        }
+    }
+    sqlx::query(
+        "UPDATE processes SET user_command = $1, health_check_type = $2, health_check_endpoint = $3,
+            health_check_timeout = $4, health_check_invocation_timeout = $5, updated_at = $6 WHERE guid = $7",
+    )
+    .bind(&p.user_command)
+    .bind(&p.health_check_type)
+    .bind(&p.health_check_endpoint)
+    .bind(p.health_check_timeout)
+    .bind(p.health_check_invocation_timeout)
+    .bind(now())
+    .bind(&p.guid)
+    .execute(&s.db)
+    .await?;
+    let app = super::apps::find(&s, &p.app_guid).await?;
+    // The command may hold secrets: the event says it changed, not what it is.
+    let data = json!({"process_type": p.kind, "request": {
+        "command": if p.user_command.is_some() { "[PRIVATE DATA HIDDEN]" } else { "" },
+        "health_check": {"type": p.health_check_type, "data": {
+            "endpoint": p.health_check_endpoint,
+            "timeout": p.health_check_timeout,
+            "invocation_timeout": p.health_check_invocation_timeout,
+        }},
+    }});
+    crate::audit::record(
+        &s,
+        "audit.app.process.update",
+        crate::audit::Actor::User(&user),
+        crate::audit::app(&app.guid, &app.name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
+    Ok(Json(process_json(&s, &find(&s, &p.guid).await?)))
 }
 
 #[derive(Deserialize)]

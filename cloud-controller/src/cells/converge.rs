@@ -333,7 +333,9 @@ fn start_message(
         env: p.env.clone(),
         health_check: HealthCheck {
             kind,
-            ..HealthCheck::default()
+            endpoint: p.health_check_endpoint.clone(),
+            timeout_secs: p.health_check_timeout,
+            invocation_timeout_secs: p.health_check_invocation_timeout,
         },
         routes: p.routes.clone(),
     }

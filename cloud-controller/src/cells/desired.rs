@@ -22,6 +22,12 @@ pub struct DesiredProcess {
     pub disk_mb: u64,
     /// `port`, `http` or `process`.
     pub health_check: String,
+    /// The path of an `http` check (the cell's default `/` when none).
+    pub health_check_endpoint: Option<String>,
+    /// Seconds to become healthy (the cell's default when none).
+    pub health_check_timeout: Option<u64>,
+    /// Seconds one probe may take (the cell's default when none).
+    pub health_check_invocation_timeout: Option<u64>,
     /// The command, or why there is none.
     pub command: Result<String, String>,
     /// The app.
@@ -52,6 +58,10 @@ struct Row {
     memory_mb: i64,
     disk_mb: i64,
     health_check_type: String,
+    user_command: Option<String>,
+    health_check_endpoint: Option<String>,
+    health_check_timeout: Option<i64>,
+    health_check_invocation_timeout: Option<i64>,
     app_guid: String,
     app_name: String,
     space_guid: String,
@@ -64,6 +74,7 @@ struct Row {
 }
 
 const QUERY: &str = "SELECT p.guid, p.kind, p.version, p.command, p.instances, p.memory_mb, p.disk_mb, p.health_check_type,
+        p.user_command, p.health_check_endpoint, p.health_check_timeout, p.health_check_invocation_timeout,
         a.guid AS app_guid, a.name AS app_name, a.space_guid, a.env,
         d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, d.process_types, d.start_command
     FROM processes p
@@ -96,8 +107,10 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
             let types: BTreeMap<String, String> =
                 serde_json::from_str(&r.process_types).unwrap_or_default();
             let command = r
-                .command
+                .user_command
                 .clone()
+                .filter(|c| !c.trim().is_empty())
+                .or_else(|| r.command.clone())
                 .filter(|c| !c.trim().is_empty())
                 .or_else(|| types.get(&r.kind).cloned())
                 .or_else(|| r.start_command.clone().filter(|_| r.kind == "web"))
@@ -119,6 +132,11 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
                 memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
                 disk_mb: u64::try_from(r.disk_mb).unwrap_or(0),
                 health_check: r.health_check_type,
+                health_check_endpoint: r.health_check_endpoint,
+                health_check_timeout: r.health_check_timeout.and_then(|t| u64::try_from(t).ok()),
+                health_check_invocation_timeout: r
+                    .health_check_invocation_timeout
+                    .and_then(|t| u64::try_from(t).ok()),
                 command,
                 app_guid: r.app_guid,
                 app_name: r.app_name,

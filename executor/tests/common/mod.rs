@@ -1,4 +1,4 @@
-//! Shared set-up of the executor's integration tests: per test (indexes 60-64) a nats-server,
+//! Shared set-up of the executor's integration tests: per test (indexes 60-65) a nats-server,
 //! a tiny axum server playing the controller's internal droplet endpoint (checking the
 //! credential), a real container backend on the tiny stack with its own data dir, address
 //! pool (`10.244.<index>.0/26`), port range (`40000 + 20 * index`) and uid range, droplets
@@ -26,8 +26,8 @@ pub const TOKEN: &str = "internal-secret";
 /// The test's configuration for index `index`.
 pub fn config(index: u8, dir: &Path, nats: &str) -> Config {
     assert!(
-        (60..=64).contains(&index),
-        "executor tests use indexes 60-64"
+        (60..=65).contains(&index),
+        "executor tests use indexes 60-65"
     );
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
