@@ -3,7 +3,9 @@
 //! container pools apart from the default platform's and every other test's: NATS, API, router
 //! and router status on 31420-31423 (below the ephemeral range), the cell on test index 38
 //! (10.244.38.0/26, host ports 40760-40779) and the stager on 39 (10.244.39.0/26,
-//! 40780-40799). An app pushed through the API answers through the router; a second
+//! 40780-40799). An app pushed through the API answers through the router; then the user's
+//! journey of `kiln_e2e::suite` runs with the CLI deploy/up logged in (the examples on tiny
+//! and bookworm, a manifest, scale, crash, restage, logs, ssh, bad input, delete); a second
 //! `deploy/up` leaves everything running as it was; `deploy/down` leaves no process,
 //! container, mount, interface, iptables chain or cgroup of the data dir behind, and `--purge`
 //! removes it. Whatever fails, the platform is taken down when the test ends.
@@ -29,6 +31,8 @@ const ROUTER_STATUS_PORT: u16 = 31423;
 const CELL_INDEX: u32 = 38;
 const STAGER_INDEX: u32 = 39;
 const DOMAIN: &str = "apps.kiln.localhost";
+/// The controller's upload limit here, MiB: small, so that the suite can exceed it.
+const MAX_UPLOAD_MB: u64 = 8;
 const COMPONENTS: [(&str, &str); 5] = [
     ("nats", "nats-server"),
     ("cc", "kiln-cc"),
@@ -116,15 +120,17 @@ impl Platform {
             ("KILN_ROUTER_STATUS_PORT", ROUTER_STATUS_PORT.to_string()),
             ("KILN_ROUTER_BIND", "127.0.0.1".into()),
             ("KILN_APPS_DOMAIN", DOMAIN.into()),
-            ("KILN_STACKS", "tiny".into()),
+            ("KILN_STACKS", "tiny,bookworm".into()),
+            ("KILN_DEFAULT_STACK", "tiny".into()),
+            ("KILN_MAX_UPLOAD_MB", MAX_UPLOAD_MB.to_string()),
             ("KILN_CELL_ID", "deploy-test-cell".into()),
             ("KILN_STAGER_ID", "deploy-test-stager".into()),
             ("KILN_CELL_POOL", format!("10.244.{CELL_INDEX}.0/26")),
             ("KILN_CELL_PORTS", ports(CELL_INDEX)),
             ("KILN_CELL_UIDS", uids(CELL_INDEX)),
-            ("KILN_CELL_MAX_CONTAINERS", "8".into()),
-            ("KILN_CELL_MEMORY_MB", "2048".into()),
-            ("KILN_CELL_DISK_MB", "4096".into()),
+            ("KILN_CELL_MAX_CONTAINERS", "16".into()),
+            ("KILN_CELL_MEMORY_MB", "8192".into()),
+            ("KILN_CELL_DISK_MB", "32768".into()),
             ("KILN_STAGER_POOL", format!("10.244.{STAGER_INDEX}.0/26")),
             ("KILN_STAGER_PORTS", ports(STAGER_INDEX)),
             ("KILN_STAGER_UIDS", uids(STAGER_INDEX)),
@@ -477,6 +483,20 @@ fn deploy_up_runs_a_platform_and_deploy_down_leaves_nothing() {
         .unwrap();
     rt.block_on(platform_works(&platform.data))
         .unwrap_or_else(|e| panic!("{e}"));
+
+    // The user's journey with the CLI (deploy/up logged it in as admin).
+    let scratch = tempfile::tempdir().unwrap();
+    let target = kiln_e2e::suite::Target {
+        kiln: bins.join("kiln"),
+        home: platform.home.clone(),
+        router: format!("127.0.0.1:{ROUTER_PORT}"),
+        domain: DOMAIN.into(),
+        stacks: vec!["tiny".into(), "bookworm".into()],
+        max_upload_mb: Some(MAX_UPLOAD_MB),
+        scratch: scratch.path().to_path_buf(),
+    };
+    rt.block_on(kiln_e2e::suite::run(&target))
+        .unwrap_or_else(|e| panic!("the CLI suite against deploy/up: {e}"));
     drop(rt);
 
     // The CLI was logged in as admin (when it has `login`).
