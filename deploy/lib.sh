@@ -128,3 +128,98 @@ kiln_backend_leftovers() {
       sed "s/^:/iptables-chain $table\\//" || true
   done
 }
+
+# --- for platforms whose components listen on other addresses (deploy/cluster) ------------------
+
+# Whether the NATS server at $1:$2 answers with its INFO line.
+kiln_nats_answers_at() {
+  local line=""
+  exec 8<>"/dev/tcp/$1/$2" 2>/dev/null || return 1
+  IFS= read -r -t 2 line <&8 || true
+  exec 8>&-
+  [[ $line == INFO* ]]
+}
+
+# Whether something published on subject $3 of the NATS server at $1:$2 within 7 s has a
+# payload containing $4 (the stagers and cells advertise themselves every 5 s and 2 s). A
+# minimal NATS client on fd 8.
+kiln_bus_has_at() {
+  local subject=$3 want=$4 line buf="" deadline=$((SECONDS + 7)) rc
+  exec 8<>"/dev/tcp/$1/$2" 2>/dev/null || return 1
+  printf 'CONNECT {"verbose":false,"pedantic":false,"name":"deploy"}\r\nSUB %s 1\r\nPING\r\n' \
+    "$subject" >&8
+  while ((SECONDS < deadline)); do
+    rc=0
+    IFS= read -r -t 1 line <&8 || rc=$?
+    if ((rc > 128)); then # timed out: keep what came of a line
+      buf+=$line
+      continue
+    elif ((rc != 0)); then
+      break
+    fi
+    line=${buf}${line%$'\r'}
+    buf=""
+    case $line in
+      PING) printf 'PONG\r\n' >&8 ;;
+      *"$want"*)
+        exec 8>&-
+        return 0
+        ;;
+    esac
+  done
+  exec 8>&-
+  return 1
+}
+
+# The pids of the processes in network namespace $1 (a name of `ip netns`), one a line.
+kiln_netns_pids() {
+  local want pid ns
+  want=$(stat -L -c %i "/run/netns/$1" 2>/dev/null) || return 0
+  for pid in /proc/[0-9]*; do
+    ns=$(readlink "$pid/ns/net" 2>/dev/null) || continue
+    [ "$ns" = "net:[$want]" ] && kiln_alive "${pid#/proc/}" && echo "${pid#/proc/}"
+  done
+  return 0
+}
+
+# Shell commands (one a line, for `bash -c`) that mount this machine's cgroup hierarchies at
+# their places under /sys/fs/cgroup again. `ip netns exec` runs its command in a new mount
+# namespace with a sysfs of the network namespace mounted over /sys, which hides the cgroup
+# mounts; runc and the container backend need them. Mounting a cgroup v1 hierarchy with the
+# same controllers (or name=) gives the same hierarchy, so the cgroups are the machine's.
+kiln_cgroup_mounts_script() {
+  local id parent majmin root mp opts rest fstype src sopts o flags keep base=/sys/fs/cgroup l
+  local tmpfs=""
+  while read -r id parent majmin root mp opts rest; do
+    rest=" $rest"
+    rest=${rest#* - } # the optional fields end with " - "
+    read -r fstype src sopts <<<"$rest"
+    case $mp in "$base" | "$base"/*) ;; *) continue ;; esac
+    flags=""
+    for o in ${opts//,/ }; do
+      case $o in nosuid | nodev | noexec) flags+=${flags:+,}$o ;; esac
+    done
+    keep=$flags
+    for o in ${sopts//,/ }; do
+      case $o in rw | ro) ;; *) keep+=${keep:+,}$o ;; esac
+    done
+    case $mp:$fstype in
+      "$base":tmpfs)
+        tmpfs=1
+        printf 'mount -t tmpfs -o %q tmpfs %q\n' "${flags:+$flags,}mode=755" "$mp"
+        ;;
+      "$base":cgroup2) printf 'mount -t cgroup2 %s cgroup2 %q\n' "${keep:+-o $keep}" "$mp" ;;
+      "$base"/*:cgroup | "$base"/*:cgroup2)
+        [ -n "$tmpfs" ] || {
+          tmpfs=1
+          printf 'mount -t tmpfs -o mode=755 tmpfs %q\n' "$base"
+        }
+        printf 'mkdir -p %q && mount -t %s %s %s %q\n' "$mp" "$fstype" "${keep:+-o $keep}" "$fstype" "$mp"
+        ;;
+    esac
+  done </proc/self/mountinfo
+  for l in "$base"/*; do
+    [ -L "$l" ] && printf 'ln -sfn %q %q\n' "$(readlink "$l")" "$l"
+  done
+  return 0
+}
