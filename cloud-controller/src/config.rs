@@ -16,6 +16,9 @@ pub struct Config {
     /// The port clients reach app routes at through the router, when it is not 80 (shown in
     /// `GET /` so that clients print working app URLs).
     pub apps_port: Option<u16>,
+    /// A cell not heard from for this long, ms, is lost and its instances run elsewhere (none:
+    /// `kiln_bus::cell::CELL_TTL_SECS`). Keep it several times the cells' advertise interval.
+    pub cell_ttl_ms: Option<u64>,
     /// A PostgreSQL URL (`postgres://user:password@host:port/database`); none: SQLite in the
     /// data dir.
     pub database_url: Option<String>,
@@ -65,6 +68,7 @@ impl Config {
             internal_url: None,
             external_url: None,
             apps_port: None,
+            cell_ttl_ms: None,
             database_url: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             default_domain: "apps.kiln.local".into(),

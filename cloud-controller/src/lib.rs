@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         .internal_url
         .clone()
         .map_or_else(|| format!("http://{addr}").into(), Into::into);
+    let cell_ttl = config.cell_ttl_ms.map(std::time::Duration::from_millis);
     let state = AppState {
         db,
         blobs,
@@ -160,7 +161,11 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         internal_url,
         default_domain_guid: default_domain.into(),
         logs: Arc::default(),
-        cells: Arc::default(),
+        cells: {
+            let cells = crate::cells::Cells::default();
+            cells.lock().cell_ttl = cell_ttl;
+            Arc::new(cells)
+        },
     };
     let bus = tokio::spawn(staging::run(state.clone()));
     let follow_cells = tokio::spawn(cells::follow(state.clone()));

@@ -339,6 +339,8 @@ pub struct Setup<'a> {
     pub domain: &'a str,
     /// The stager backend's test index ([`backend_config`]).
     pub stager: u32,
+    /// The controller's lost-cell timeout, ms (none: its default).
+    pub cell_ttl_ms: Option<u64>,
 }
 
 /// The controller, a stager and the router in this process, and an admin token. The cells
@@ -371,6 +373,7 @@ impl Platform {
         config.default_stack = "tiny".into();
         config.default_domain = setup.domain.into();
         config.converge_settle_ms = 0;
+        config.cell_ttl_ms = setup.cell_ttl_ms;
         let cc = kiln_cloud_controller::start(config)
             .await
             .map_err(|e| format!("starting the controller: {e}"))?;

@@ -78,6 +78,7 @@ async fn scenario(
         name: "e2e-cells",
         domain: DOMAIN,
         stager: STAGER,
+        cell_ttl_ms: None,
     })
     .await?;
 

@@ -254,6 +254,10 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
     report::set_state(nats, inst, state, ending).await;
 }
 
+/// The wait after a starting instance's first failed probe; it doubles up to the configured
+/// starting probe interval.
+const FIRST_STARTING_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Health checks until the process ends, the instance is stopped, or it fails its check.
 async fn monitor(
     cell: &Shared,
@@ -269,6 +273,9 @@ async fn monitor(
         .unwrap_or_else(|| timings.probe_timeout());
     let deadline = Instant::now() + start_timeout(cell, inst);
     let mut running = false;
+    // While starting, probes come quickly at first (most apps listen within tens of ms) and
+    // then slow down to the configured interval: 10, 20, 40, ... ms.
+    let mut starting_wait = FIRST_STARTING_PROBE_WAIT;
     loop {
         let interval = if running {
             timings.running_probe_interval()
@@ -308,8 +315,10 @@ async fn monitor(
                 return Outcome::Unhealthy { starting: true }
             }
             (false, false) => {
+                let wait = starting_wait.min(interval);
+                starting_wait = starting_wait.saturating_mul(2);
                 tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = inst.stop.cancelled() => return Outcome::Stopped,
                 }
             }

@@ -142,6 +142,7 @@ async fn bench(
         name: "bench-idle",
         domain: DOMAIN,
         stager: STAGER,
+        cell_ttl_ms: None,
     })
     .await
     .map_err(msg)?;

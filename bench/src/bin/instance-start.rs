@@ -175,6 +175,7 @@ impl Run<'_> {
             name: "bench-instance-start",
             domain: DOMAIN,
             stager: STAGER,
+            cell_ttl_ms: None,
         })
         .await
         .map_err(anyhow::Error::msg)?;

@@ -45,7 +45,7 @@ fn cell_json(s: &AppState, c: &HeardCell, now: Instant) -> Value {
     })
 }
 
-/// `GET /v3/cells`: every cell heard within the last `CELL_TTL_SECS`, by id (`page`,
+/// `GET /v3/cells`: every cell not yet lost (heard within the cell TTL), by id (`page`,
 /// `per_page`).
 pub async fn list(
     _: User,

@@ -28,6 +28,10 @@ struct Args {
     /// The port clients reach app routes at through the router, when it is not 80.
     #[arg(long, env = "KILN_CC_APPS_PORT")]
     apps_port: Option<u16>,
+    /// Milliseconds after which a silent cell is lost and its instances run elsewhere
+    /// (default 10000; keep it several times the cells' advertise interval).
+    #[arg(long, env = "KILN_CC_CELL_TTL_MS")]
+    cell_ttl_ms: Option<u64>,
     /// Base URL stagers and cells use for the internal endpoints (default: the listen address).
     #[arg(long, env = "KILN_CC_INTERNAL_URL")]
     internal_url: Option<String>,
@@ -75,6 +79,7 @@ async fn main() -> Result<()> {
     config.internal_url = args.internal_url;
     config.external_url = args.external_url;
     config.apps_port = args.apps_port;
+    config.cell_ttl_ms = args.cell_ttl_ms;
     config.database_url = args.database_url;
     config.default_domain = args.default_domain;
     config.default_stack = args.default_stack;

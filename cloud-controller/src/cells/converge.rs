@@ -106,7 +106,7 @@ pub fn plan(
     now: Instant,
 ) -> Actions {
     let mut actions = Actions::default();
-    let ttl = Duration::from_secs(CELL_TTL_SECS);
+    let ttl = inner.cell_ttl.unwrap_or(Duration::from_secs(CELL_TTL_SECS));
     let lost: Vec<String> = inner
         .cells
         .iter()

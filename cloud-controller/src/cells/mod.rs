@@ -59,6 +59,8 @@ pub struct Inner {
     pub ended: HashMap<String, Instant>,
     /// Why a process's instances cannot be placed, per process guid.
     pub unplaceable: HashMap<String, String>,
+    /// A cell not heard from for this long is lost (none: `CELL_TTL_SECS`).
+    pub cell_ttl: Option<std::time::Duration>,
 }
 
 /// Shared knowledge of cells, and a way to ask convergence to run now.
