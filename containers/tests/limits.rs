@@ -90,4 +90,23 @@ async fn writes_past_the_disk_limit_fail_inside_the_container() {
         metrics.disk_bytes >= 4 << 20 && metrics.disk_bytes < 16 << 20,
         "{metrics:?}"
     );
+    // The figure is the qgroup's as sysfs shows it (read with no `btrfs` process).
+    let sysfs: Vec<u64> = std::fs::read_dir("/sys/fs/btrfs")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|fs| {
+            std::fs::read_dir(fs.path().join("qgroups"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|q| std::fs::read_to_string(q.path().join("referenced")).ok())
+        .filter_map(|text| text.trim().parse().ok())
+        .collect();
+    assert!(
+        sysfs.contains(&metrics.disk_bytes),
+        "{} not among the qgroups of /sys/fs/btrfs: {sysfs:?}",
+        metrics.disk_bytes
+    );
 }
