@@ -1,12 +1,13 @@
 //! A whole platform in one process, for the end-to-end tests and the benchmarks: the cloud
-//! controller (SQLite in the caller's directory), a stager on the `tiny` stack, the router,
-//! and cells, either in this process (`kiln_executor::Executor`) or as `kiln-executor`
-//! processes of their own ([`CellProcess`]), so that losing one can be a real SIGKILL.
+//! controller (SQLite in the caller's directory), a stager on the stacks the caller names
+//! (`tiny` for most), the router, and cells, either in this process
+//! (`kiln_executor::Executor`) or as `kiln-executor` processes of their own
+//! ([`CellProcess`]), so that losing one can be a real SIGKILL.
 //!
 //! Test indexes keep concurrent tests and benchmarks apart: index `i` owns the address pool
 //! `10.244.<i>.0/26`, the host ports `40000 + 20 i` (20 of them) and the host uids from
 //! `2^28 + i · 16 · 65536` (16 containers), each under its own data dir. The end-to-end tests
-//! use 50-59, the executor's 60-64, the benchmarks 70-75.
+//! use 50-59, the executor's 60-64, the benchmarks 70-77.
 //!
 //! Cleaning up is the caller's, through [`Leftovers`]: drop the runtime first (every
 //! in-process component with it), then the leftovers (cell processes killed by their pid,
@@ -339,6 +340,8 @@ pub struct Setup<'a> {
     pub domain: &'a str,
     /// The stager backend's test index ([`backend_config`]).
     pub stager: u32,
+    /// The stacks the stager imports and stages on (`&["tiny"]` for most).
+    pub stager_stacks: &'a [&'a str],
     /// The controller's lost-cell timeout, ms (none: its default).
     pub cell_ttl_ms: Option<u64>,
 }
@@ -358,13 +361,17 @@ pub struct Platform {
     pub http: reqwest::Client,
     /// Apps' routes are `<app>.<domain>`.
     pub domain: String,
+    /// The stager's backend (idle between builds), for a benchmark's baseline on the same
+    /// stacks.
+    pub stager_backend: Backend,
     router_server: kiln_router::Started,
 }
 
 impl Platform {
     /// Starts the controller (SQLite, convergence without its settle delay), writes its
-    /// internal credential to [`token_file`], starts a stager on `tiny` (the backend of
-    /// [`backend_config`]`(dir, stager)`) and the router, and logs in as admin.
+    /// internal credential to [`token_file`], starts a stager on the stacks of
+    /// `stager_stacks` (the backend of [`backend_config`]`(dir, stager)`; each stack built
+    /// once per machine) and the router, and logs in as admin.
     pub async fn start(setup: Setup<'_>) -> Result<Platform, String> {
         let dir = setup.dir;
         let mut config = kiln_cloud_controller::Config::new(dir.join("cc"));
@@ -382,17 +389,23 @@ impl Platform {
             kiln_cloud_controller::internal_token(&dir.join("cc")).map_err(|e| e.to_string())?;
         std::fs::write(token_file(dir), &internal).map_err(|e| e.to_string())?;
 
-        let tiny = kiln_rootfs::recipes::cached("tiny").map_err(|e| e.to_string())?;
         let stager_backend = Backend::new(backend_config(dir, setup.stager))
             .await
             .map_err(|e| format!("the stager's backend: {e}"))?;
-        stager_backend
-            .import_stack(&tiny.dir, "tiny")
-            .await
-            .map_err(|e| e.to_string())?;
+        for &stack in setup.stager_stacks {
+            let name = stack.to_string();
+            let layout = tokio::task::spawn_blocking(move || kiln_rootfs::recipes::cached(&name))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("the {stack} stack: {e}"))?;
+            stager_backend
+                .import_stack(&layout.dir, stack)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let mut settings = kiln_stager::service::Settings::new(
             &format!("{}-stager", setup.name),
-            vec!["tiny".into()],
+            setup.stager_stacks.iter().map(|s| s.to_string()).collect(),
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildpacks"),
         );
         settings.token = Some(kiln_stager::service::Token::new(&internal));
@@ -403,7 +416,7 @@ impl Platform {
             .map_err(|e| e.to_string())?;
         tokio::spawn(kiln_stager::service::run(
             client,
-            stager_backend,
+            stager_backend.clone(),
             settings,
             std::future::pending::<()>(),
         ));
@@ -435,6 +448,7 @@ impl Platform {
                 .to_string(),
             http,
             domain: setup.domain.to_string(),
+            stager_backend,
             router_server,
         })
     }

@@ -78,6 +78,7 @@ async fn scenario(
         name: "e2e-cells",
         domain: DOMAIN,
         stager: STAGER,
+        stager_stacks: &["tiny"],
         cell_ttl_ms: None,
     })
     .await?;

@@ -143,6 +143,7 @@ async fn bench(
         name: "bench-cell-loss",
         domain: DOMAIN,
         stager: STAGER,
+        stager_stacks: &["tiny"],
         cell_ttl_ms: Some(cell_ttl_ms()),
     })
     .await

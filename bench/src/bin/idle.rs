@@ -142,6 +142,7 @@ async fn bench(
         name: "bench-idle",
         domain: DOMAIN,
         stager: STAGER,
+        stager_stacks: &["tiny"],
         cell_ttl_ms: None,
     })
     .await

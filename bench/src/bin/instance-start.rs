@@ -175,6 +175,7 @@ impl Run<'_> {
             name: "bench-instance-start",
             domain: DOMAIN,
             stager: STAGER,
+            stager_stacks: &["tiny"],
             cell_ttl_ms: None,
         })
         .await

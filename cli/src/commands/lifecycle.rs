@@ -68,11 +68,12 @@ pub async fn stage(
         if b["state"] != "STAGING" {
             break b;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     if let Some(t) = stream {
-        // The last lines may still be on their way.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The last lines may still be on their way; a failure's matter most.
+        let linger = if build["state"] == "STAGED" { 50 } else { 300 };
+        tokio::time::sleep(Duration::from_millis(linger)).await;
         t.abort();
     }
     if build["state"] == "STAGED" {
