@@ -161,3 +161,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_may_start_with_a_hyphen() {
+        // Generated passwords are base64url: a quarter of them start with `-`.
+        let cli =
+            Cli::try_parse_from(["kiln", "login", "-u", "admin", "-p", "-Nx4"]).expect("parsed");
+        match cli.command {
+            Command::Login(a) => assert_eq!(a.password.as_deref(), Some("-Nx4")),
+            _ => panic!("not login"),
+        }
+    }
+}

@@ -21,7 +21,13 @@ pub struct Args {
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// The password (asked without echo when missing).
-    #[arg(short = 'p', long, env = "KILN_PASSWORD", hide_env_values = true)]
+    #[arg(
+        short = 'p',
+        long,
+        env = "KILN_PASSWORD",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub password: Option<String>,
 }
 
