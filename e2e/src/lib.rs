@@ -3,5 +3,6 @@
 //! the benchmarks (`bench/`) share: [`platform`] starts a whole platform in one process, with
 //! cells in it or as `kiln-executor` processes, and cleans up after it.
 
+pub mod deployed;
 pub mod platform;
 pub mod suite;

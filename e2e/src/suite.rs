@@ -9,8 +9,10 @@
 //! platform down and report.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use crate::deployed::repo;
 
 /// Where the platform is and how to reach it.
 pub struct Target {
@@ -43,13 +45,6 @@ pub struct Run {
 }
 
 type Step<T = ()> = Result<T, String>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
 
 impl Target {
     /// Runs `kiln args...` (no colour, no terminal).

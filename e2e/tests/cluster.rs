@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_e2e::deployed::{alive, bin_dir, comm, repo};
 use serde_json::Value;
-use sha2::Digest;
 
 const NET: &str = "10.78.0";
 const BRIDGE: &str = "kilnct";
@@ -40,20 +40,6 @@ const HOSTS: [(&str, u8, &str); 9] = [
     ("router", 10, "kiln-router"),
 ];
 const ZONES: [(&str, &str); 3] = [("cell1", "z1"), ("cell2", "z1"), ("cell3", "z2")];
-const BINARIES: [&str; 5] = [
-    "kiln-cc",
-    "kiln-stager",
-    "kiln-executor",
-    "kiln-router",
-    "kiln",
-];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
 
 fn addr(host: &str) -> String {
     let octet = HOSTS
@@ -62,43 +48,6 @@ fn addr(host: &str) -> String {
         .map(|(_, o, _)| *o)
         .expect("a host of the cluster");
     format!("{NET}.{octet}")
-}
-
-/// Where the platform's binaries are: `KILN_BIN_DIR`, else this test's target dir (built
-/// there if missing).
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KILN_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    // target/<profile>/deps/cluster-<hash>
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the target dir")
-        .to_path_buf();
-    if BINARIES.iter().any(|b| !dir.join(b).exists()) {
-        let mut build = Command::new(env!("CARGO"));
-        build.current_dir(repo()).args([
-            "build",
-            "-p",
-            "kiln-cloud-controller",
-            "-p",
-            "kiln-stager",
-            "-p",
-            "kiln-executor",
-            "-p",
-            "kiln-router",
-            "-p",
-            "kiln-cli",
-        ]);
-        if dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build of the platform's binaries");
-    }
-    dir
 }
 
 /// The test's cluster: `deploy/cluster down --purge` runs when it is dropped, unless the test
@@ -226,35 +175,12 @@ impl Drop for Cluster {
 }
 
 /// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 fn run(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
-}
-
-/// The container backend's tag of a data dir (`kiln-containers`' `backend_tag`).
-fn backend_tag(dir: &Path) -> String {
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    hex::encode(sha2::Sha256::digest(
-        canonical.as_os_str().as_encoded_bytes(),
-    ))[..6]
-        .to_string()
 }
 
 /// Everything of the cluster still on the machine.
@@ -325,7 +251,7 @@ fn leftovers(cluster: &Cluster, pids: &BTreeMap<&str, u32>) -> Vec<String> {
                 left.push(format!("container {id} ({})", backend.display()));
             }
         }
-        let tag = backend_tag(&backend);
+        let tag = kiln_containers::backend::backend_tag(&backend);
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()

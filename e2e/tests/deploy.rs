@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_e2e::deployed::{alive, bin_dir, comm, repo};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sha2::Digest;
 
 const NATS_PORT: u16 = 31420;
 const API_PORT: u16 = 31421;
@@ -40,59 +40,8 @@ const COMPONENTS: [(&str, &str); 5] = [
     ("executor", "kiln-executor"),
     ("router", "kiln-router"),
 ];
-const BINARIES: [&str; 5] = [
-    "kiln-cc",
-    "kiln-stager",
-    "kiln-executor",
-    "kiln-router",
-    "kiln",
-];
 const PROCFILE: &str =
     "web: sh -c 'mkdir -p $HOME/www && echo deployed > $HOME/www/id.txt && exec httpd -f -p 0.0.0.0:$PORT -h $HOME/www'\n";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
-
-/// Where the platform's binaries are: `KILN_BIN_DIR`, else this test's target dir (built
-/// there if missing).
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KILN_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    // target/<profile>/deps/deploy-<hash>
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the target dir")
-        .to_path_buf();
-    if BINARIES.iter().any(|b| !dir.join(b).exists()) {
-        let mut build = Command::new(env!("CARGO"));
-        build.current_dir(repo()).args([
-            "build",
-            "-p",
-            "kiln-cloud-controller",
-            "-p",
-            "kiln-stager",
-            "-p",
-            "kiln-executor",
-            "-p",
-            "kiln-router",
-            "-p",
-            "kiln-cli",
-        ]);
-        if dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build of the platform's binaries");
-    }
-    dir
-}
 
 /// The platform of the test: `deploy/down --purge` runs when it is dropped, unless the test
 /// did it.
@@ -197,29 +146,6 @@ impl Drop for Platform {
 }
 
 /// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-/// The container backend's tag of a data dir (`kiln-containers`' `backend_tag`).
-fn backend_tag(dir: &Path) -> String {
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    hex::encode(sha2::Sha256::digest(
-        canonical.as_os_str().as_encoded_bytes(),
-    ))[..6]
-        .to_string()
-}
-
 /// Everything of the platform in `data` still on the machine.
 fn leftovers(data: &Path) -> Vec<String> {
     let mut left = Vec::new();
@@ -269,7 +195,7 @@ fn leftovers(data: &Path) -> Vec<String> {
                 left.push(format!("container {id} ({})", backend.display()));
             }
         }
-        let tag = backend_tag(&backend);
+        let tag = kiln_containers::backend::backend_tag(&backend);
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()

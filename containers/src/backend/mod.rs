@@ -488,7 +488,7 @@ impl Inner {
 
 /// A short, stable id of the data dir, used in machine-wide names (at most 6 characters so
 /// that veth names fit in 15).
-fn backend_tag(data_dir: &Path) -> String {
+pub fn backend_tag(data_dir: &Path) -> String {
     use sha2::{Digest, Sha256};
     let canonical = data_dir
         .canonicalize()
