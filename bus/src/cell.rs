@@ -180,6 +180,9 @@ pub struct InstanceStart {
     /// Routes to register once healthy (`app.example.com`, `app.example.com/api`).
     #[serde(default)]
     pub routes: Vec<String>,
+    /// The image an operator set for the stack; None: the cell's own copy of the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_image: Option<crate::StackImageRef>,
 }
 
 /// Stop an instance (and unregister its routes first).
@@ -305,6 +308,9 @@ pub struct ActualInstance {
     /// When it entered this state, ns since the Unix epoch (u64: flattened into
     /// [`InstanceStateChange`], where serde cannot carry u128).
     pub since_ns: u64,
+    /// The manifest digest of the root filesystem its container runs on, once it exists.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stack_digest: String,
 }
 
 /// An instance changed state.
@@ -446,6 +452,7 @@ mod tests {
                 host: "10.0.0.1".into(),
                 port: 61001,
                 since_ns: 1,
+                stack_digest: String::new(),
             },
             crash_reason: Some(CrashReason::HealthCheck),
             exit_status: None,

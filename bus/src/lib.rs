@@ -93,6 +93,21 @@ pub struct StagingRequest {
     /// Egress allowed while staging.
     #[serde(default)]
     pub egress: Vec<EgressRule>,
+    /// The image an operator set for the stack (`stack.<name>.image`); None: the stager's own
+    /// copy of the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_image: Option<StackImageRef>,
+}
+
+/// A stack's image as the controller's image store holds it: what a stager or a cell runs
+/// instead of its own copy of the stack, fetched once per digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackImageRef {
+    /// The image manifest's digest, `sha256:<hex>`: what the fetched image is checked
+    /// against and kept by.
+    pub digest: String,
+    /// Where to GET it (an OCI image layout as a tar; internal credential required).
+    pub url: String,
 }
 
 /// One buildpack of a staging, as the controller resolved it.

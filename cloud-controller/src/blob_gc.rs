@@ -1,5 +1,5 @@
 //! Blob garbage collection: every so often, blobs no record refers to any more (packages,
-//! droplets and build caches of deleted apps, replaced caches and buildpacks, bits merged
+//! droplets and build caches of deleted apps, images, replaced caches and buildpacks, bits merged
 //! with the resource pool) are removed from the blobstore, once older than a grace period.
 //! The resource pool (`blobs/resources/`) is a cache of its own and is left alone.
 
@@ -15,6 +15,7 @@ const REFERENCES: &[&str] = &[
     "SELECT sha256 FROM droplets WHERE sha256 IS NOT NULL",
     "SELECT sha256 FROM app_caches",
     "SELECT sha256 FROM buildpacks WHERE sha256 IS NOT NULL",
+    "SELECT sha256 FROM images",
 ];
 
 /// The sha256 of every blob a record refers to.

@@ -47,6 +47,7 @@ pub async fn request(
         timeout_secs: s.config.staging_timeout_secs,
         start_command: None,
         egress: Vec::new(),
+        stack_image: stack_image(s, &build.stack).await?,
     };
     let sent = s
         .nats
@@ -61,6 +62,24 @@ pub async fn request(
         .await?;
     }
     Ok(())
+}
+
+/// The image an operator set for `stack`, as stagers fetch it.
+pub async fn stack_image(
+    s: &AppState,
+    stack: &str,
+) -> Result<Option<kiln_bus::StackImageRef>, sqlx::Error> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT image_digest FROM stacks WHERE name = $1")
+            .bind(stack)
+            .fetch_optional(&s.db)
+            .await?;
+    Ok(row
+        .and_then(|(d,)| d)
+        .map(|digest| kiln_bus::StackImageRef {
+            url: format!("{}/internal/v1/images/{digest}/archive", s.internal_url),
+            digest,
+        }))
 }
 
 async fn fail(s: &AppState, build: &str, reason: &str) -> Result<(), sqlx::Error> {

@@ -31,6 +31,9 @@ pub enum Error {
     #[error("invalid container spec: {0}")]
     InvalidSpec(String),
 
+    #[error("the stack image archive holds image {found}, not the {expected} it was fetched as")]
+    StackDigestMismatch { expected: String, found: String },
+
     #[error("host port {0} is already in use")]
     PortInUse(u16),
 

@@ -103,11 +103,22 @@ pub fn write_cell_config(path: &Path, config: &kiln_executor::Config) -> Result<
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// The `kiln-executor` binary of the caller's build profile, built first (a no-op when it is
-/// fresh): a dependency builds the executor's library, not its binary, and a binary left
-/// from an older build would run old code. The profile is read from where the caller runs:
-/// `target/<profile>/deps/<test>` for a test, `target/<profile>/<bench>` for a benchmark.
+/// The `kiln-executor` binary of the caller's build profile ([`workspace_binary`]).
 pub fn executor_binary() -> Result<PathBuf, String> {
+    workspace_binary("kiln-executor", "kiln-executor")
+}
+
+/// The `kiln` CLI of the caller's build profile ([`workspace_binary`]).
+pub fn kiln_binary() -> Result<PathBuf, String> {
+    workspace_binary("kiln-cli", "kiln")
+}
+
+/// Binary `bin` of workspace package `package` in the caller's build profile, built first (a
+/// no-op when it is fresh): a dependency builds a component's library, not its binary, and a
+/// binary left from an older build would run old code. The profile is read from where the
+/// caller runs: `target/<profile>/deps/<test>` for a test, `target/<profile>/<bench>` for a
+/// benchmark.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("the running binary: {e}"))?;
     let mut profile_dir = exe
         .parent()
@@ -119,14 +130,7 @@ pub fn executor_binary() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "kiln-executor",
-            "--bin",
-            "kiln-executor",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
@@ -141,9 +145,9 @@ pub fn executor_binary() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
     if !status.success() {
-        return Err(format!("building kiln-executor: {status}"));
+        return Err(format!("building {bin}: {status}"));
     }
-    let binary = profile_dir.join("kiln-executor");
+    let binary = profile_dir.join(bin);
     if !binary.exists() {
         return Err(format!("no {}", binary.display()));
     }

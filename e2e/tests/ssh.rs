@@ -10,7 +10,6 @@
 //! 41340-41359).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_containers::{Backend, Config, Recovery};
@@ -33,38 +32,6 @@ fn backend_config(dir: &Path, index: u32) -> Config {
         recovery: Recovery::Destroy,
         ..Config::default()
     }
-}
-
-/// The `kiln` binary next to this test's target dir (`target/<profile>/deps/ssh-…` →
-/// `target/<profile>/kiln`), built first: this crate does not depend on the CLI, and a
-/// binary left from an older build would test old code. When it is fresh the build is a
-/// no-op.
-fn kiln_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "kiln-cli", "--bin", "kiln"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            build.arg("--release");
-        }
-        Some(profile) => {
-            build.args(["--profile", profile]);
-        }
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "building kiln: {status}");
-    let binary = profile_dir.join("kiln");
-    assert!(binary.exists(), "no {}", binary.display());
-    binary
 }
 
 fn app_zip() -> Vec<u8> {
@@ -186,7 +153,7 @@ fn commands_run_in_an_instance_through_the_api_and_kiln_ssh() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "the end-to-end tests need root (containers)");
-    let kiln = kiln_binary();
+    let kiln = kiln_e2e::platform::kiln_binary().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let (stager_config, cell_config) = (
         backend_config(dir.path(), 66),

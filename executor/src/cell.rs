@@ -356,5 +356,6 @@ fn empty_start() -> InstanceStart {
         env: BTreeMap::new(),
         health_check: Default::default(),
         routes: Vec::new(),
+        stack_image: None,
     }
 }

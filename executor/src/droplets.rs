@@ -67,6 +67,7 @@ pub struct DropletCache {
     token: Option<Token>,
     downloads: AtomicU64,
     unpacks: AtomicU64,
+    temp_names: AtomicU64,
     state: Mutex<CacheState>,
 }
 
@@ -108,6 +109,7 @@ impl DropletCache {
             token,
             downloads: AtomicU64::new(0),
             unpacks: AtomicU64::new(0),
+            temp_names: AtomicU64::new(0),
             state: Mutex::new(CacheState::default()),
         })
     }
@@ -140,7 +142,7 @@ impl DropletCache {
         let (mut downloaded, mut unpacked) = (false, false);
         if !path.is_dir() {
             if !blob.is_file() {
-                self.download(url, &sha, &blob).await?;
+                self.download(url, Some(&sha), &blob).await?;
                 downloaded = true;
             }
             self.unpack(&blob, &path).await?;
@@ -160,6 +162,21 @@ impl DropletCache {
         })
     }
 
+    /// The lock that keeps one preparation of `key` at a time.
+    pub(crate) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.state()
+            .locks
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A fresh path in the cache's temporary directory.
+    pub(crate) fn temp_path(&self, stem: &str) -> PathBuf {
+        let n = self.temp_names.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{stem}-{n}"))
+    }
+
     /// A container no longer uses `layer`.
     pub fn release(&self, layer: &Layer) {
         let mut state = self.state();
@@ -171,7 +188,14 @@ impl DropletCache {
         }
     }
 
-    async fn download(&self, url: &str, sha: &str, blob: &Path) -> Result<(), DropletError> {
+    /// Streams `url` into `blob` (through a temporary file), checking its sha256 against
+    /// `sha` when given.
+    pub(crate) async fn download(
+        &self,
+        url: &str,
+        sha: Option<&str>,
+        blob: &Path,
+    ) -> Result<(), DropletError> {
         let shown = shown_url(url);
         let parsed = reqwest::Url::parse(url)
             .ok()
@@ -202,7 +226,7 @@ impl DropletCache {
             return Err(too_large);
         }
         let n = self.downloads.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{sha}.{n}.tgz"));
+        let tmp = self.root.join("tmp").join(format!("download-{n}"));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp)
                 .await
@@ -224,7 +248,7 @@ impl DropletCache {
                 .await
                 .map_err(DropletError::io("write", &tmp))?;
             let actual = hex::encode(hash.finalize());
-            if actual != sha {
+            if let Some(sha) = sha.filter(|sha| *sha != actual) {
                 return Err(DropletError::Checksum {
                     expected: sha.to_string(),
                     actual,
@@ -233,7 +257,7 @@ impl DropletCache {
             tokio::fs::rename(&tmp, blob)
                 .await
                 .map_err(DropletError::io("store", blob))?;
-            info!(sha256 = sha, bytes = written, "droplet.downloaded");
+            info!(sha256 = actual, bytes = written, url = %shown, "downloaded");
             Ok(())
         }
         .await;

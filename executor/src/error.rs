@@ -54,6 +54,27 @@ pub enum ExecutorError {
     },
 }
 
+/// Getting the stack image an operator set ready on this cell failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StackImageError {
+    /// The image could not be downloaded from the controller.
+    #[error("fetching stack image {digest}: {source}")]
+    Fetch {
+        /// The image.
+        digest: String,
+        /// Why.
+        source: DropletError,
+    },
+    /// The archive is not the image, or not an image the store can unpack.
+    #[error("importing stack image {digest}: {message}")]
+    Import {
+        /// The image.
+        digest: String,
+        /// Why.
+        message: String,
+    },
+}
+
 /// Getting a droplet ready to run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DropletError {
@@ -64,7 +85,7 @@ pub enum DropletError {
     #[error("the droplet URL {0:?} is not an http(s) URL")]
     BadUrl(String),
     /// The download failed on the way.
-    #[error("downloading the droplet from {url} failed: {message}")]
+    #[error("downloading {url} failed: {message}")]
     Download {
         /// Where from (no query, no credentials).
         url: String,
@@ -72,7 +93,7 @@ pub enum DropletError {
         message: String,
     },
     /// The controller did not answer 200.
-    #[error("downloading the droplet from {url} failed: HTTP {status}")]
+    #[error("downloading {url} failed: HTTP {status}")]
     Status {
         /// Where from.
         url: String,

@@ -50,6 +50,7 @@ impl Instance {
             host: host.to_string(),
             port: 0,
             since_ns: u64::try_from(report::now_ns()).unwrap_or(u64::MAX),
+            stack_digest: String::new(),
         };
         Instance {
             start,
@@ -122,6 +123,18 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
     if layer.downloaded {
         info!(sha256 = %layer.sha256, unpacked = layer.unpacked, "instance.droplet-downloaded");
     }
+    if let Some(image) = &inst.start.stack_image {
+        let ready = tokio::select! {
+            ready = cell.droplets.ensure_stack_image(&cell.backend, image) => ready,
+            () = inst.stop.cancelled() => {
+                cell.droplets.release(&layer);
+                return launch::stopped(cell, inst).await;
+            }
+        };
+        if let Err(e) = ready {
+            return launch::start_failed(cell, inst, Some(&layer), e.to_string()).await;
+        }
+    }
     let created = cell
         .backend
         .create(launch::container_spec(inst, &layer))
@@ -131,8 +144,12 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
         Err(e) => return launch::start_failed(cell, inst, Some(&layer), e.to_string()).await,
     };
     let port = info.mapped_ports.first().map(|m| m.host_port).unwrap_or(0);
-    inst.actual().port = port;
-    info!(port, "container.created");
+    {
+        let mut actual = inst.actual();
+        actual.port = port;
+        actual.stack_digest = info.stack_digest.clone();
+    }
+    info!(port, stack = %info.stack_digest, "container.created");
     report::cell_log(
         nats,
         inst,

@@ -26,7 +26,11 @@ pub(crate) fn container_spec(inst: &Instance, layer: &Layer) -> ContainerSpec {
     ];
     ContainerSpec {
         handle: s.instance_guid.clone(),
-        stack: s.stack.clone(),
+        // An image an operator set for the stack, by digest, else the cell's own copy.
+        stack: s
+            .stack_image
+            .as_ref()
+            .map_or_else(|| s.stack.clone(), |image| image.digest.clone()),
         limits: Limits {
             memory_bytes: s.memory_mb.saturating_mul(1 << 20),
             disk_bytes: s.disk_mb.saturating_mul(1 << 20),

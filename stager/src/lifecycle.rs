@@ -111,7 +111,10 @@ impl<'a> Stager<'a> {
         let started = Instant::now();
         let spec = ContainerSpec {
             handle: handle.clone(),
-            stack: request.stack.clone(),
+            stack: request
+                .stack_image
+                .clone()
+                .unwrap_or_else(|| request.stack.clone()),
             limits: Limits {
                 memory_bytes: request.limits.memory_bytes,
                 disk_bytes: request.limits.disk_bytes,

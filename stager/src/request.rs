@@ -36,8 +36,12 @@ pub struct StagingRequest {
     pub id: String,
     /// The app: a directory, a `.zip`, or a `.tar`/`.tar.gz`/`.tgz`.
     pub app: PathBuf,
-    /// The stack to stage on.
+    /// The stack to stage on (what buildpacks see as `CF_STACK`).
     pub stack: String,
+    /// The root filesystem of the staging container when it is not the backend's copy of
+    /// `stack`: an image of the backend's stack store by digest (an operator's
+    /// `stack.<name>.image`).
+    pub stack_image: Option<String>,
     /// Buildpacks in order: directories, `.zip` files or built-in names. Empty: detect among
     /// the built-in buildpacks in priority order.
     pub buildpacks: Vec<String>,
@@ -74,6 +78,7 @@ impl StagingRequest {
             id: id.to_string(),
             app: app.into(),
             stack: stack.to_string(),
+            stack_image: None,
             buildpacks: Vec::new(),
             detect: false,
             env: Vec::new(),

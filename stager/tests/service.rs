@@ -397,6 +397,7 @@ fn request(build: &str, stack: &str, base: &str, package: &str) -> StagingReques
         timeout_secs: 120,
         start_command: None,
         egress: vec![],
+        stack_image: None,
     }
 }
 

@@ -1,10 +1,12 @@
 //! Operator commands (`kiln admin …`): the cells the controller hears from, and draining one
-//! (its instances move to other cells, then the cell's executor exits).
+//! (its instances move to other cells, then the cell's executor exits); images, stack imports
+//! and configuration are in [`super::images`].
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::images::{self, ConfigCommand, ImageCommand, StackCommand};
 use crate::api::{ApiError, Client};
 use crate::output::{s, table, Out};
 
@@ -16,6 +18,17 @@ pub enum Admin {
     /// Operate on one cell.
     #[command(subcommand)]
     Cell(CellCommand),
+    /// List the images of the controller's image store.
+    Images,
+    /// Add images to the image store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Import a stack image and switch the stack to it.
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Show or change platform settings (`stack.<name>.image`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 /// `kiln admin cell` subcommands.
@@ -48,6 +61,21 @@ pub async fn run(command: Admin, out: Out) -> anyhow::Result<u8> {
     match command {
         Admin::Cells => cells(&mut client, out).await,
         Admin::Cell(CellCommand::Drain(a)) => drain(&mut client, a, out).await,
+        Admin::Images => images::list(&mut client, out).await,
+        Admin::Image(ImageCommand::Import { archive, name }) => {
+            images::import(&mut client, &archive, name.as_deref(), out).await
+        }
+        Admin::Stack(StackCommand::Import {
+            name,
+            archive,
+            wait,
+        }) => images::stack_import(&mut client, &name, &archive, &wait, out).await,
+        Admin::Config(ConfigCommand::Get { key }) => {
+            images::get(&mut client, key.as_deref(), out).await
+        }
+        Admin::Config(ConfigCommand::Set { key, value, wait }) => {
+            images::set(&mut client, &key, &value, &wait, out).await
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod app;
 pub mod env;
+pub mod images;
 pub mod lifecycle;
 pub mod login;
 pub mod logs;

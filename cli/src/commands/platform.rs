@@ -59,8 +59,19 @@ async fn listing(
 pub async fn stacks(out: Out) -> anyhow::Result<u8> {
     listing(
         "/v3/stacks",
-        &["name", "description"],
-        |v| vec![s(v, "name"), s(v, "description")],
+        &["name", "description", "image", "since"],
+        |v| {
+            let image = &v["image"];
+            vec![
+                s(v, "name"),
+                s(v, "description"),
+                image["digest"]
+                    .as_str()
+                    .unwrap_or("(each machine's own)")
+                    .to_string(),
+                image["since"].as_str().unwrap_or("-").to_string(),
+            ]
+        },
         out,
     )
     .await

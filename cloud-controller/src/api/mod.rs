@@ -5,8 +5,10 @@ pub mod apps;
 pub mod buildpacks;
 pub mod builds;
 mod cells;
+mod config;
 mod events;
 mod exec;
+mod images;
 mod internal;
 mod listing;
 mod logs;
@@ -95,6 +97,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v3/domains", get(routes::list_domains))
         .route("/v3/audit_events", get(events::list))
         .route("/v3/audit_events/{guid}", get(events::get))
+        .route("/v3/images", post(images::create).get(images::list))
+        .route("/v3/images/{reference}", get(images::get))
+        .route("/internal/v1/images/{digest}/archive", get(images::archive))
+        .route("/v3/admin/config", get(config::list))
+        .route("/v3/admin/config/{key}", get(config::get).put(config::set))
         .route("/v3/stacks", get(stacks::list))
         .route("/v3/stacks/{guid}", get(stacks::get))
         .route("/v3/routes", post(routes::create).get(routes::list))

@@ -454,6 +454,9 @@ pub async fn stats(
                     let running = k.actual.state == InstanceState::Running;
                     stat["state"] = json!(if running { "RUNNING" } else { "STARTING" });
                     stat["instance_guid"] = json!(k.actual.instance_guid);
+                    if !k.actual.stack_digest.is_empty() {
+                        stat["stack_digest"] = json!(k.actual.stack_digest);
+                    }
                     if !k.actual.host.is_empty() {
                         stat["host"] = json!(k.actual.host);
                         stat["instance_ports"] = json!([{"external": k.actual.port, "internal": 8080}]);

@@ -1,6 +1,7 @@
 //! Stacks: the root filesystems apps stage and run on. They come from the configuration
 //! (made or updated at start) and from what stagers advertise on the bus (added when first
-//! heard). An app or build naming a stack nobody knows is refused with the list of those that
+//! heard); an operator may point one at an image of the image store (`stack.<name>.image`,
+//! see [`super::config`]). An app or build naming a stack nobody knows is refused with the list of those that
 //! exist.
 
 use axum::extract::{Path, State};
@@ -23,9 +24,12 @@ struct StackRow {
     source: String,
     created_at: String,
     updated_at: String,
+    image_digest: Option<String>,
+    image_since: Option<String>,
 }
 
-const COLUMNS: &str = "guid, name, description, source, created_at, updated_at";
+const COLUMNS: &str =
+    "guid, name, description, source, created_at, updated_at, image_digest, image_since";
 
 fn stack_json(s: &AppState, st: &StackRow) -> Value {
     json!({
@@ -34,8 +38,11 @@ fn stack_json(s: &AppState, st: &StackRow) -> Value {
         "updated_at": st.updated_at,
         "name": st.name,
         "description": st.description,
-        "build_rootfs_image": st.name,
-        "run_rootfs_image": st.name,
+        "build_rootfs_image": st.image_digest.as_deref().unwrap_or(&st.name),
+        "run_rootfs_image": st.image_digest.as_deref().unwrap_or(&st.name),
+        // Kiln: the image `stack.<name>.image` set (null: each machine's own copy), and since
+        // when.
+        "image": st.image_digest.as_ref().map(|d| json!({"digest": d, "since": st.image_since})),
         "default": st.name == s.config.default_stack,
         "source": st.source,
         "metadata": {"labels": {}, "annotations": {}},

@@ -12,6 +12,7 @@ use kiln_bus::cell::{
     self, ActualInstance, HealthCheck, HealthCheckType, InstanceStart, InstanceState, InstanceStop,
     CELL_TTL_SECS,
 };
+use kiln_bus::StackImageRef;
 
 use super::desired::{self, DesiredProcess};
 use super::follow::PENDING_TIMEOUT;
@@ -293,6 +294,7 @@ fn pending_known(p: &DesiredProcess, index: u32, cell_id: &str, instance: &str) 
             host: String::new(),
             port: 0,
             since_ns: now_ns(),
+            stack_digest: String::new(),
         },
         version: Some(p.version.clone()),
         pending: true,
@@ -338,5 +340,9 @@ fn start_message(
             invocation_timeout_secs: p.health_check_invocation_timeout,
         },
         routes: p.routes.clone(),
+        stack_image: p.stack_image.as_ref().map(|digest| StackImageRef {
+            digest: digest.clone(),
+            url: format!("{internal_url}/internal/v1/images/{digest}/archive"),
+        }),
     }
 }

@@ -44,6 +44,9 @@ pub struct DesiredProcess {
     pub droplet_sha256: String,
     /// Its stack.
     pub stack: String,
+    /// The image an operator set for the stack (`stack.<name>.image`), by manifest digest;
+    /// None: each cell's own copy. Part of `version`, so that setting it replaces instances.
+    pub stack_image: Option<String>,
     /// The routes of this app and process type (`host.domain/path`).
     pub routes: Vec<String>,
 }
@@ -69,6 +72,7 @@ struct Row {
     droplet_guid: String,
     droplet_sha256: Option<String>,
     stack: String,
+    stack_image: Option<String>,
     process_types: String,
     start_command: Option<String>,
 }
@@ -76,10 +80,11 @@ struct Row {
 const QUERY: &str = "SELECT p.guid, p.kind, p.version, p.command, p.instances, p.memory_mb, p.disk_mb, p.health_check_type,
         p.user_command, p.health_check_endpoint, p.health_check_timeout, p.health_check_invocation_timeout,
         a.guid AS app_guid, a.name AS app_name, a.space_guid, a.env,
-        d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, d.process_types, d.start_command
+        d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, st.image_digest AS stack_image, d.process_types, d.start_command
     FROM processes p
     JOIN apps a ON a.guid = p.app_guid
     JOIN droplets d ON d.guid = a.droplet_guid
+    LEFT JOIN stacks st ON st.name = d.stack
     WHERE a.state = 'STARTED' AND d.state = 'STAGED' AND p.instances > 0";
 
 const ROUTES: &str = "SELECT rd.app_guid, rd.process_type, r.host, r.path, dm.name
@@ -127,7 +132,10 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
             let p = DesiredProcess {
                 guid: r.guid.clone(),
                 kind: r.kind,
-                version: r.version,
+                version: match &r.stack_image {
+                    Some(image) => format!("{}+{image}", r.version),
+                    None => r.version,
+                },
                 instances: u32::try_from(r.instances).unwrap_or(0),
                 memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
                 disk_mb: u64::try_from(r.disk_mb).unwrap_or(0),
@@ -145,6 +153,7 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
                 droplet_guid: r.droplet_guid,
                 droplet_sha256: r.droplet_sha256.unwrap_or_default(),
                 stack: r.stack,
+                stack_image: r.stack_image,
                 routes,
             };
             (r.guid, p)

@@ -358,6 +358,7 @@ mod tests {
             host: "10.0.0.1".into(),
             port: 61001,
             since_ns: 5,
+            stack_digest: String::new(),
         }
     }
 

@@ -51,6 +51,7 @@ fn web(instances: u32, version: &str) -> HashMap<String, DesiredProcess> {
         droplet_guid: "d".into(),
         droplet_sha256: "00".into(),
         stack: "tiny".into(),
+        stack_image: None,
         routes: vec!["app.example.com".into()],
     };
     HashMap::from([("p".to_string(), p)])

@@ -159,6 +159,33 @@ impl Backend {
         Ok(tokio::task::spawn_blocking(move || inner.stacks.import(&layout, &name)).await??)
     }
 
+    /// Imports the stack image `digest` from `archive` (an OCI layout as a tar, plain or
+    /// gzip), once: an image already in the store is not imported again. The archive must
+    /// hold exactly that image (its manifest digest), else nothing is kept under its name.
+    pub async fn import_stack_image(&self, archive: &Path, digest: &str) -> Result<StackImage> {
+        if let Some(image) = self.stack_image(digest) {
+            return Ok(image);
+        }
+        let inner = self.inner.clone();
+        let archive = archive.to_path_buf();
+        let name = stack_image_name(digest);
+        let image =
+            tokio::task::spawn_blocking(move || inner.stacks.import_archive(&archive, &name))
+                .await??;
+        if image.digest != digest {
+            return Err(Error::StackDigestMismatch {
+                expected: digest.to_string(),
+                found: image.digest,
+            });
+        }
+        Ok(image)
+    }
+
+    /// The stack image `name_or_digest`, if the store has it.
+    pub fn stack_image(&self, name_or_digest: &str) -> Option<StackImage> {
+        self.inner.stacks.resolve(name_or_digest).ok()
+    }
+
     /// Handles of the containers whose properties include every pair of `filter`.
     pub fn list(&self, filter: &BTreeMap<String, String>) -> Vec<String> {
         self.inner
@@ -617,6 +644,11 @@ impl From<ContainerState> for &'static str {
             ContainerState::Stopped => "stopped",
         }
     }
+}
+
+/// The store name of a stack image fetched by digest (`sha256-<hex>`: store names have no `:`).
+fn stack_image_name(digest: &str) -> String {
+    digest.replace(':', "-")
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ pub fn start(app: &str, guid: &str, url: &str, sha: &str, command: &str) -> Inst
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         health_check: HealthCheck::default(),
         routes: vec![format!("{app}.example.com")],
+        stack_image: None,
     }
 }
 

@@ -6,7 +6,12 @@
 //!
 //! Layers are written from memory ([`write_layout`], [`write_layer`]) or streamed from a
 //! directory tree on disk ([`write_tree_layer`]), then listed with [`write_layout_with_layers`].
+//!
+//! Image archives (a tar of a layout, or a `docker save` archive) become a layout with
+//! [`layout_from_archive`].
 
+mod docker_save;
+mod from_archive;
 mod read;
 mod tree;
 mod write;
@@ -16,6 +21,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+pub use from_archive::{layout_from_archive, ArchiveFormat, ArchiveLayout, ImageArchiveError};
 pub(crate) use read::{open_blob, read_manifest_digest, LayerCompression};
 pub use read::{read_image, LayoutImage};
 pub use tree::{write_tree_layer, TreeLayer, TreeSummary};
@@ -119,6 +125,9 @@ pub enum LayoutError {
         /// Its media type.
         media_type: String,
     },
+    /// An image archive that cannot be turned into a layout (the error names the archive).
+    #[error(transparent)]
+    Archive(#[from] ImageArchiveError),
     /// Building an OCI document failed (a missing required field).
     #[error("building the {what}")]
     Build {

@@ -89,23 +89,6 @@ pub(super) fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
-/// The layout inside an extracted archive: its top, or its only directory.
-pub(super) fn find_layout(dir: &Path) -> Option<PathBuf> {
-    if dir.join("index.json").is_file() {
-        return Some(dir.to_path_buf());
-    }
-    let subdirs: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    match subdirs.as_slice() {
-        [only] if only.join("index.json").is_file() => Some(only.clone()),
-        _ => None,
-    }
-}
-
 /// Flushes the filesystem holding `dir` so a renamed image is complete even after a crash.
 pub(super) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     let io_err = |source| StoreError::Io {

@@ -14,24 +14,25 @@
 //! leaves nothing but a temporary directory, removed by the next `open` once its process is gone.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flate2::bufread::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{extract_in_root, ArchiveError, ExtractOptions};
-use crate::layout::{read_image, write_atomic, LayoutError, LayoutImage};
+use crate::archive::ArchiveError;
+use crate::layout::{
+    layout_from_archive, read_image, write_atomic, ImageArchiveError, LayoutError, LayoutImage,
+};
 use crate::unpack::{unpack_image, UnpackError};
 
 mod disk;
 
 use disk::{
-    check_name, digest_hex, find_layout, sorted_names, sync_filesystem, to_json, ImageRecord,
-    NameRecord, TempDir,
+    check_name, digest_hex, sorted_names, sync_filesystem, to_json, ImageRecord, NameRecord,
+    TempDir,
 };
 
 const IMAGE_RECORD: &str = "image.json";
@@ -95,8 +96,8 @@ pub enum StoreError {
         /// What went wrong.
         source: ArchiveError,
     },
-    /// A tar archive that holds no OCI layout.
-    #[error("{} holds no OCI image layout (no index.json at its top or in its only directory)", archive.display())]
+    /// A tar archive that holds neither an OCI layout nor a `docker save` archive.
+    #[error("{} is neither an OCI image layout nor a docker save archive (no index.json or manifest.json at its top or in its only directory)", archive.display())]
     NotALayout {
         /// The archive file.
         archive: PathBuf,
@@ -177,36 +178,24 @@ impl StackStore {
         self.load(&hex, Some(name.to_string()))
     }
 
-    /// Imports an OCI layout packed as a tar archive (plain or gzip): the layout may sit at the
-    /// archive's top or in its only top-level directory. The archive is extracted with the safe
-    /// extractor into a temporary directory of the store, which is removed afterwards.
+    /// Imports an image archive: a tar (plain or gzip) of an OCI layout, at the archive's top
+    /// or in its only top-level directory, or a `docker save` archive (converted to a layout;
+    /// with several images, the one tagged `name` is taken). The archive is unpacked with the
+    /// safe extractor into a temporary directory of the store, which is removed afterwards. See
+    /// [`crate::layout::layout_from_archive`].
     pub fn import_archive(&self, archive: &Path, name: &str) -> Result<StackImage, StoreError> {
         check_name(name)?;
         let tmp = self.temp_dir("archive")?;
-        let io_err = |source| StoreError::Io {
-            path: archive.to_path_buf(),
-            source,
-        };
-        let mut reader = BufReader::new(File::open(archive).map_err(io_err)?);
-        let gzip = reader
-            .fill_buf()
-            .map_err(io_err)?
-            .starts_with(&[0x1f, 0x8b]);
-        let opts = ExtractOptions::default();
-        let target = Path::new("/");
-        let extracted = if gzip {
-            extract_in_root(&tmp.0, target, MultiGzDecoder::new(reader), &opts)
-        } else {
-            extract_in_root(&tmp.0, target, reader, &opts)
-        };
-        extracted.map_err(|source| StoreError::Archive {
-            archive: archive.to_path_buf(),
-            source,
+        let layout = layout_from_archive(archive, &tmp.0, Some(name)).map_err(|e| match e {
+            LayoutError::Archive(ImageArchiveError::Extract { archive, source }) => {
+                StoreError::Archive { archive, source }
+            }
+            LayoutError::Archive(ImageArchiveError::NotAnImage { archive, .. }) => {
+                StoreError::NotALayout { archive }
+            }
+            other => StoreError::Layout(other),
         })?;
-        let layout = find_layout(&tmp.0).ok_or_else(|| StoreError::NotALayout {
-            archive: archive.to_path_buf(),
-        })?;
-        self.import(&layout, name)
+        self.import(&layout.dir, name)
     }
 
     /// Finds a stack by name (`tiny`), by digest (`sha256:<hex>`), or by a unique hex prefix of

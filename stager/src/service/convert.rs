@@ -74,6 +74,7 @@ pub(crate) fn staging_request(
         id: r.build_guid.clone(),
         app: files.package,
         stack: r.stack.clone(),
+        stack_image: None,
         buildpacks: if r.buildpack_refs.is_empty() {
             r.buildpacks.clone()
         } else {
@@ -212,6 +213,7 @@ mod tests {
             timeout_secs: 60,
             start_command: Some(" ".into()),
             egress: vec![],
+            stack_image: None,
         }
     }
 

@@ -119,6 +119,14 @@ pub enum BuildError {
         /// What it has.
         stacks: Vec<String>,
     },
+    /// The image an operator set for the stack could not be fetched or imported.
+    #[error("the stack image {digest}: {message}")]
+    StackImage {
+        /// The image's manifest digest.
+        digest: String,
+        /// Why.
+        message: String,
+    },
     /// The per-build work dir could not be made.
     #[error("creating a work dir in {}: {source}", path.display())]
     WorkDir {

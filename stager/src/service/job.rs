@@ -80,6 +80,42 @@ pub(crate) async fn run(
 }
 
 /// Everything of a build but its result.
+/// The largest stack image a stager downloads.
+const STACK_IMAGE_LIMIT: u64 = 16 << 30;
+
+/// Makes sure the backend's stack store has `image`, downloading it from the controller's
+/// image store the first time.
+async fn stack_image(
+    shared: &Shared,
+    image: &kiln_bus::StackImageRef,
+    work: &WorkDir,
+    log: &BuildLog,
+) -> Result<(), BuildError> {
+    if shared.backend.stack_image(&image.digest).is_some() {
+        return Ok(());
+    }
+    let failed = |message: String| BuildError::StackImage {
+        digest: image.digest.clone(),
+        message,
+    };
+    log.line(
+        Stream::Out,
+        &format!("-----> Downloading the stack image {}", image.digest),
+    );
+    let archive = work.file("stack-image.tar");
+    shared
+        .transfers
+        .download(&image.url, &archive, STACK_IMAGE_LIMIT, false)
+        .await
+        .map_err(|e| failed(format!("downloading from {}: {e}", shown_url(&image.url))))?;
+    shared
+        .backend
+        .import_stack_image(&archive, &image.digest)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}
+
 async fn stage(
     shared: &Shared,
     r: &kiln_bus::StagingRequest,
@@ -109,6 +145,11 @@ async fn stage(
             url: shown_url(&r.package_url),
             source,
         })?;
+    if let Some(image) = &r.stack_image {
+        stack_image(shared, image, &work, log).await?;
+        // The container's root: the image by digest instead of the stager's own copy.
+        request.stack_image = Some(image.digest.clone());
+    }
     if let Some(url) = &r.cache_download_url {
         let path = work.file("cache-in.tgz");
         // A cache that cannot be fetched costs only speed, like one that cannot be restored.
