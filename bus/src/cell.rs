@@ -22,6 +22,14 @@
 //! instance's container with a NATS request ([`InstanceExec`] on [`exec_subject`]`(cell_id)`);
 //! the cell answers on the request's reply subject with an [`ExecResult`] once the command
 //! ended or was killed at its timeout.
+//!
+//! Sessions (`kiln ssh` without `-c`): an [`InstanceExec`] naming a `session` is answered as
+//! soon as the command started (an empty [`ExecResult`], or one with the `error`); then its
+//! stdin comes as raw bytes on [`session_subject`]`(id, "in")` (an empty message closes it),
+//! `kill` ends it, and `ping` (every [`SESSION_PING_SECS`]) keeps it alive: without one for
+//! [`SESSION_IDLE_SECS`] the cell kills it. The cell publishes its stdout and stderr as raw
+//! bytes on `out` and `err` and, once it ended, an [`ExecResult`] (exit code or error, no
+//! output) on `exit`, all in order on the subjects under [`session_from_cell`]`(id)`.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +74,23 @@ pub fn drain_subject(cell_id: &str) -> String {
 pub fn exec_subject(cell_id: &str) -> String {
     format!("kiln.cell.{cell_id}.exec")
 }
+
+/// Subject `part` (`in`, `kill`, `ping`) of what the controller sends to session `id`.
+pub fn session_subject(id: &str, part: &str) -> String {
+    format!("kiln.session.{id}.to_cell.{part}")
+}
+
+/// The subjects (`.out`, `.err`, `.exit`) of what the cell sends back for session `id`.
+pub fn session_from_cell(id: &str) -> String {
+    format!("kiln.session.{id}.from_cell")
+}
+
+/// How often the controller pings a session it relays.
+pub const SESSION_PING_SECS: u64 = 5;
+/// A session nobody pinged for this long is killed by its cell.
+pub const SESSION_IDLE_SECS: u64 = 30;
+/// The longest a session may last, seconds.
+pub const SESSION_MAX_SECS: u64 = 8 * 3600;
 
 /// The subject of app `app_guid`'s log lines.
 pub fn app_log(app_guid: &str) -> String {
@@ -183,6 +208,34 @@ pub struct InstanceStart {
     /// The image an operator set for the stack; None: the cell's own copy of the stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_image: Option<crate::StackImageRef>,
+    /// Set for an image droplet (a Dockerfile build or a pushed OCI image): the instance runs
+    /// on the image's own filesystem, which `stack_image` names (fetched like a stack image),
+    /// with this process instead of a buildpack droplet and its launcher; `droplet_url` and
+    /// `droplet_sha256` are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageProcess>,
+}
+
+/// How an image droplet's instance runs: from the image's config, as the controller resolved
+/// it with the process's own command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProcess {
+    /// The argv: the image's `ENTRYPOINT` + `CMD`, or `["/bin/sh", "-c", command]` when the
+    /// process has a command of its own.
+    pub command: Vec<String>,
+    /// The image's `USER` (a name or `uid[:gid]`); empty: root (root inside the container's
+    /// user namespace only).
+    #[serde(default)]
+    pub user: String,
+    /// The image's `WORKDIR`; empty: `/`.
+    #[serde(default)]
+    pub working_dir: String,
+    /// The image's `ENV`, `KEY=VALUE`; the app's and the instance's variables come after.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The port the app listens on inside the container, and `PORT`: the image's first
+    /// exposed TCP port, else 8080.
+    pub port: u16,
 }
 
 /// Stop an instance (and unregister its routes first).
@@ -221,6 +274,10 @@ pub struct InstanceExec {
     /// [`EXEC_DEFAULT_TIMEOUT_SECS`], more than [`EXEC_MAX_TIMEOUT_SECS`] is cut to it.
     #[serde(default)]
     pub timeout_secs: u64,
+    /// A session id: stdin and output stream over the bus (see the module doc) and the
+    /// answer comes once the command started. `None`: run to the end, no stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// What became of an [`InstanceExec`].

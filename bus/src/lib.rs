@@ -10,6 +10,9 @@
 
 pub mod cell;
 pub mod router;
+mod sync;
+
+pub use sync::{round_trip, RoundTripError, ROUND_TRIP_TIMEOUT};
 
 use std::collections::BTreeMap;
 
@@ -97,6 +100,25 @@ pub struct StagingRequest {
     /// copy of the stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_image: Option<StackImageRef>,
+    /// The images of the controller's image store by name: what a Dockerfile's `FROM` may
+    /// name besides the stacks (fetched by the stager only when one is named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<NamedImage>,
+}
+
+/// The stack name that asks for a Dockerfile build (`kiln push --stack docker`): the app's
+/// `Dockerfile` is built into an OCI image instead of running buildpacks. A package with a
+/// `Dockerfile` at its root and no buildpack named is built the same way on any stack.
+pub const DOCKER_STACK: &str = "docker";
+
+/// An image of the controller's image store, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedImage {
+    /// Its name in the store.
+    pub name: String,
+    /// Its image: digest and where to GET it.
+    #[serde(flatten)]
+    pub image: StackImageRef,
 }
 
 /// A stack's image as the controller's image store holds it: what a stager or a cell runs
@@ -166,6 +188,10 @@ pub struct StagedDroplet {
     pub process_types: BTreeMap<String, String>,
     /// The `web` command.
     pub start_command: String,
+    /// Set when the droplet is an OCI image (a Dockerfile build): the manifest digest of the
+    /// image whose layout, as a tar, is the uploaded droplet. None: a buildpack droplet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 /// How a staging ended.

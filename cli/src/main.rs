@@ -153,6 +153,8 @@ fn main() -> ExitCode {
     };
     let out = output::Out { json: cli.json };
     let code = runtime.block_on(dispatch(cli.command, out));
+    // Not waiting for blocking reads still pending (a session's stdin after the shell ended).
+    runtime.shutdown_background();
     match code {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

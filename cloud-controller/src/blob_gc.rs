@@ -28,9 +28,33 @@ pub async fn referenced(s: &AppState) -> Result<HashSet<String>, sqlx::Error> {
     Ok(keep)
 }
 
-/// One collection: the references first, then the files (a blob stored after the query is
-/// younger than the grace period and stays).
+/// Forgets the images nobody names or uses any more: unnamed (image droplets, pushed archives,
+/// pulls), no droplet runs them, no stack points at them, unchanged for `grace`. Their blobs
+/// go with the collection that follows.
+pub async fn forget_unused_images(s: &AppState, grace: Duration) -> Result<u64, sqlx::Error> {
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let forgotten = sqlx::query(
+        "DELETE FROM images WHERE name IS NULL AND state = 'READY' AND updated_at < $1
+           AND digest NOT IN (SELECT image_digest FROM droplets WHERE image_digest IS NOT NULL)
+           AND digest NOT IN (SELECT image_digest FROM stacks WHERE image_digest IS NOT NULL)",
+    )
+    .bind(cutoff)
+    .execute(&s.db)
+    .await?;
+    Ok(forgotten.rows_affected())
+}
+
+/// One collection: unused images forgotten, then the references, then the files (a blob
+/// stored after the query is younger than the grace period and stays).
 pub async fn collect(s: &AppState, grace: Duration) -> Result<Collected, String> {
+    let images = forget_unused_images(s, grace)
+        .await
+        .map_err(|e| e.to_string())?;
+    if images > 0 {
+        tracing::info!(images, "forgot unused unnamed images");
+    }
     let keep = referenced(s).await.map_err(|e| e.to_string())?;
     let blobs = s.blobs.clone();
     tokio::task::spawn_blocking(move || blobs.collect_garbage(&keep, grace))

@@ -57,6 +57,9 @@ pub struct Config {
     pub blob_gc_interval_secs: u64,
     /// How old an unreferenced blob must be to be removed.
     pub blob_gc_grace_secs: u64,
+    /// Registries `kiln push --docker-image HOST/REPO:TAG` may pull from; none: images come
+    /// from the image store only.
+    pub registries: Vec<RegistryAccess>,
 }
 
 impl Config {
@@ -82,6 +85,11 @@ impl Config {
                     "tiny".into(),
                     "busybox only: static binaries and shell scripts".into(),
                 ),
+                (
+                    kiln_bus::DOCKER_STACK.into(),
+                    "Dockerfile apps: the app's Dockerfile is built into an OCI image when staging"
+                        .into(),
+                ),
             ],
             max_upload_bytes: 1 << 30,
             resource_pool_min_bytes: 1,
@@ -103,6 +111,70 @@ impl Config {
             converge_settle_ms: (kiln_bus::cell::INSTANCES_INTERVAL_SECS + 1) * 1000,
             blob_gc_interval_secs: 3600,
             blob_gc_grace_secs: 3600,
+            registries: Vec::new(),
         }
+    }
+}
+
+/// A registry images may be pulled from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAccess {
+    /// `host[:port]`, as image references name it.
+    pub host: String,
+    /// Plain HTTP instead of HTTPS (a registry on loopback or a trusted network).
+    pub allow_http: bool,
+    /// Basic credentials, if the registry needs them: (user, password).
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("host", &self.host)
+            .field("allow_http", &self.allow_http)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl std::str::FromStr for RegistryAccess {
+    type Err = String;
+
+    /// `https://[user:password@]host[:port]`, `http://...` (plain HTTP), or a bare
+    /// `host[:port]` (HTTPS).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (allow_http, rest) = match s.split_once("://") {
+            Some(("http", rest)) => (true, rest),
+            Some(("https", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                // (Not the whole URL: it may hold a password.)
+                return Err(format!("a registry's scheme {scheme} is not http or https"));
+            }
+            None => (false, s),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, host) = match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((u, p)) => (Some((u.to_string(), p.to_string())), host),
+                None => {
+                    return Err(format!(
+                        "registry `{host}`: credentials must be user:password"
+                    ))
+                }
+            },
+            None => (None, rest),
+        };
+        let valid = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            return Err(format!("registry `{host}` is not a host[:port]"));
+        }
+        Ok(RegistryAccess {
+            host: host.to_string(),
+            allow_http,
+            credentials,
+        })
     }
 }

@@ -11,6 +11,7 @@ pub mod cells;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod image_process;
 pub mod logs;
 pub mod package_check;
 pub mod staging;
@@ -106,6 +107,8 @@ pub fn internal_token(data_dir: &Path) -> std::io::Result<String> {
 pub async fn start(config: Config) -> Result<Started, StartError> {
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(data_err(&data_dir))?;
+    // Scratch of image checks and pulls an earlier run was stopped in the middle of.
+    let _ = std::fs::remove_dir_all(data_dir.join("tmp"));
     let db = db::open(config.database_url.as_deref(), &data_dir).await?;
     let default_domain = api::routes::ensure_default_domain(&db, &config.default_domain).await?;
     api::stacks::ensure_configured(&db, &config.stacks).await?;

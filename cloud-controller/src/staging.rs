@@ -48,6 +48,7 @@ pub async fn request(
         start_command: None,
         egress: Vec::new(),
         stack_image: stack_image(s, &build.stack).await?,
+        images: named_images(s).await?,
     };
     let sent = s
         .nats
@@ -80,6 +81,25 @@ pub async fn stack_image(
             url: format!("{}/internal/v1/images/{digest}/archive", s.internal_url),
             digest,
         }))
+}
+
+/// The named images of the store, for a Dockerfile's `FROM`.
+async fn named_images(s: &AppState) -> ApiResult<Vec<kiln_bus::NamedImage>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, digest FROM images WHERE state = 'READY' AND name IS NOT NULL AND digest IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&s.db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, digest)| kiln_bus::NamedImage {
+            name,
+            image: kiln_bus::StackImageRef {
+                url: format!("{}/internal/v1/images/{digest}/archive", s.internal_url),
+                digest,
+            },
+        })
+        .collect())
 }
 
 async fn fail(s: &AppState, build: &str, reason: &str) -> Result<(), sqlx::Error> {
@@ -258,6 +278,27 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
             .await
         }
     };
+    // An image droplet becomes an image of the store (checked, its config read), which is
+    // what cells fetch it from.
+    if let Some(expected) = &d.image_digest {
+        let registered = crate::api::images::register(s, &d.sha256, d.size, None).await;
+        let found = match registered {
+            Ok((image, _)) => image.digest.unwrap_or_default(),
+            Err(e) => {
+                let why = match e {
+                    crate::error::ApiError::Internal(m) => m,
+                    other => other.to_string(),
+                };
+                let reason = format!("the droplet is not a valid image: {why}");
+                return fail(s, &r.build_guid, &reason).await;
+            }
+        };
+        if &found != expected {
+            let reason =
+                format!("the stager reported image {expected} but the droplet holds {found}");
+            return fail(s, &r.build_guid, &reason).await;
+        }
+    }
     let t = now();
     let mut tx = s.db.begin().await?;
     // The build first: a result for a build already FAILED (by the watchdog) changes nothing,
@@ -272,12 +313,13 @@ async fn finish(s: &AppState, r: StagingResult) -> Result<(), sqlx::Error> {
         tracing::warn!(build = %r.build_guid, "a staging result for a build that is no longer STAGING");
         return Ok(());
     }
-    sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = $1, buildpacks = $2, process_types = $3, start_command = $4, updated_at = $5 WHERE guid = $6")
+    sqlx::query("UPDATE droplets SET state = 'STAGED', detected_buildpack = $1, buildpacks = $2, process_types = $3, start_command = $4, updated_at = $5, image_digest = $6 WHERE guid = $7")
         .bind(&d.detected_buildpack)
         .bind(serde_json::to_string(&d.buildpacks).unwrap_or_default())
         .bind(serde_json::to_string(&d.process_types).unwrap_or_default())
         .bind(&d.start_command)
         .bind(&t)
+        .bind(&d.image_digest)
         .bind(&droplet)
         .execute(&mut *tx)
         .await?;
@@ -342,6 +384,9 @@ async fn watchdog(
                     if age > queued { queued } else { accept }
                 )),
                 None => None,
+                // Pulled by the controller itself: only the time limit applies.
+                Some(id) if id == crate::api::image_builds::PULLER => (age > queued)
+                    .then(|| format!("the image pull did not finish within {queued} s")),
                 Some(id) => match st.seen.get(&id) {
                     Some(h) if h.at.elapsed() > ttl => Some(format!(
                         "stager {id} stopped answering while staging (silent for {} s)",

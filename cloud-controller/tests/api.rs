@@ -385,7 +385,9 @@ async fn a_build_whose_stager_goes_silent_fails_naming_the_stager(db: Db) {
     let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
     let bus = async_nats::connect(&cc.nats.url).await.unwrap();
     let mut requests = bus.subscribe(kiln_bus::STAGING_REQUEST).await.unwrap();
-    bus.flush().await.unwrap();
+    kiln_bus::round_trip(&bus, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let (_, build) = cc
         .post("/v3/builds", json!({"package": {"guid": package["guid"]}}))
         .await;

@@ -464,7 +464,9 @@ async fn builds_resolve_their_buildpacks_or_are_refused_naming_the_usable_ones(d
     let (_, package) = cc.upload(&app, zip_of(&[("index.html", "x")])).await;
     let bus = async_nats::connect(&cc.nats.url).await.unwrap();
     let mut requests = bus.subscribe(kiln_bus::STAGING_REQUEST).await.unwrap();
-    bus.flush().await.unwrap();
+    kiln_bus::round_trip(&bus, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let build = |buildpacks: Value| json!({"package": {"guid": package["guid"]}, "lifecycle": {"type": "buildpack", "data": {"buildpacks": buildpacks}}});
 
     for refused in [json!(["nope", "mine"]), json!(["nodejs"]), json!(["empty"])] {

@@ -21,8 +21,13 @@ async fn stacks_come_from_config_and_stagers_and_unknown_ones_are_refused(db: Db
     let cc = Controller::start(db).await;
     let (status, list) = cc.get("/v3/stacks").await;
     assert_eq!(status, 200, "{list}");
-    assert_eq!(names(&list, "name"), ["bookworm", "tiny"]);
-    let tiny = &list["resources"][1];
+    assert_eq!(names(&list, "name"), ["bookworm", "docker", "tiny"]);
+    let docker = &list["resources"][1];
+    assert!(docker["description"]
+        .as_str()
+        .unwrap()
+        .contains("Dockerfile"));
+    let tiny = &list["resources"][2];
     assert_eq!(tiny["default"], true, "the test's default stack is tiny");
     assert!(tiny["description"].as_str().unwrap().contains("busybox"));
     let (status, one) = cc
@@ -46,7 +51,7 @@ async fn stacks_come_from_config_and_stagers_and_unknown_ones_are_refused(db: Db
     assert_eq!(status, 422, "{body}");
     let detail = body["errors"][0]["detail"].as_str().unwrap();
     assert!(
-        detail.contains("windows2016") && detail.contains("bookworm, tiny"),
+        detail.contains("windows2016") && detail.contains("bookworm, docker, tiny"),
         "{detail}"
     );
     let app = cc.app("a").await;
@@ -74,12 +79,12 @@ async fn stacks_come_from_config_and_stagers_and_unknown_ones_are_refused(db: Db
     let mut seen = Vec::new();
     for _ in 0..100 {
         seen = names(&cc.get("/v3/stacks").await.1, "name");
-        if seen.len() == 3 {
+        if seen.len() == 4 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(seen, ["bookworm", "custom", "tiny"]);
+    assert_eq!(seen, ["bookworm", "custom", "docker", "tiny"]);
     let (_, custom) = cc.get("/v3/stacks?names=custom").await;
     assert!(custom["resources"][0]["description"]
         .as_str()

@@ -31,7 +31,7 @@ pub mod spec;
 pub mod state;
 pub mod volume;
 
-pub use backend::{Backend, Process, StreamInOptions};
+pub use backend::{Backend, ChangesSummary, Process, StreamInOptions};
 pub use config::{Config, Recovery};
 pub use error::{Error, Result};
 pub use spec::*;

@@ -146,22 +146,37 @@ pub struct Instance {
     pub uris: Vec<String>,
 }
 
-/// The Cloud Foundry instance environment (`PORT`, `CF_INSTANCE_*`, `VCAP_APPLICATION`, ...).
+/// The Cloud Foundry instance environment of a droplet instance (`PORT`, `CF_INSTANCE_*`,
+/// `VCAP_APPLICATION`, ..., and the droplet layout's `HOME`, `TMPDIR`, `DEPS_DIR`, `LANG`).
 pub fn instance_env(i: &Instance) -> Vec<String> {
+    let mut env = platform_env(i, APP_PORT);
+    env.extend([
+        format!("HOME={APP_DIR}"),
+        "TMPDIR=/home/vcap/tmp".to_string(),
+        format!("DEPS_DIR={DEPS_DIR}"),
+        "LANG=C.UTF-8".to_string(),
+    ]);
+    env
+}
+
+/// The platform's part of an instance's environment, for any process listening on `port`
+/// (an image's instance has no droplet layout, so no `HOME` or `TMPDIR` of Kiln's: the
+/// image's own hold).
+pub fn platform_env(i: &Instance, port: u16) -> Vec<String> {
     let vcap_application = serde_json::json!({
         "application_id": i.app_id,
         "application_name": i.app_name,
         "name": i.app_name,
         "instance_index": i.index,
         "instance_id": i.instance_id,
-        "port": APP_PORT,
+        "port": port,
         "space_id": i.space_id,
         "uris": i.uris,
         "application_uris": i.uris,
         "limits": {"mem": i.memory_mib, "disk": i.disk_mib, "fds": 16384},
     });
     vec![
-        format!("PORT={APP_PORT}"),
+        format!("PORT={port}"),
         format!("CF_INSTANCE_INDEX={}", i.index),
         format!("CF_INSTANCE_GUID={}", i.instance_id),
         format!("CF_INSTANCE_IP={}", i.host_ip),
@@ -170,10 +185,6 @@ pub fn instance_env(i: &Instance) -> Vec<String> {
         format!("VCAP_APPLICATION={vcap_application}"),
         "VCAP_SERVICES={}".to_string(),
         format!("MEMORY_LIMIT={}m", i.memory_mib),
-        format!("HOME={APP_DIR}"),
-        "TMPDIR=/home/vcap/tmp".to_string(),
-        format!("DEPS_DIR={DEPS_DIR}"),
-        "LANG=C.UTF-8".to_string(),
     ]
 }
 

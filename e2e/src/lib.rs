@@ -4,5 +4,7 @@
 //! cells in it or as `kiln-executor` processes, and cleans up after it.
 
 pub mod deployed;
+pub mod images;
+pub mod kiln;
 pub mod platform;
 pub mod suite;

@@ -97,6 +97,24 @@ pub fn cell_config(dir: &Path, index: u32, nats_url: &str) -> kiln_executor::Con
     }
 }
 
+/// A cell in this process: its backend (with the tiny stack) and its executor on the bus.
+pub async fn start_executor(
+    config: &kiln_executor::Config,
+) -> Result<kiln_executor::Executor, String> {
+    let backend = Backend::new(config.backend_config())
+        .await
+        .map_err(|e| e.to_string())?;
+    kiln_executor::import_stack(&backend, "tiny")
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = async_nats::connect(&config.nats_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    kiln_executor::Executor::start(config.clone(), backend, client)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Writes `config` as the TOML file a `kiln-executor` process reads (`--config`).
 pub fn write_cell_config(path: &Path, config: &kiln_executor::Config) -> Result<(), String> {
     let text = toml::to_string(config).map_err(|e| e.to_string())?;
@@ -377,6 +395,14 @@ impl Platform {
     /// `stager_stacks` (the backend of [`backend_config`]`(dir, stager)`; each stack built
     /// once per machine) and the router, and logs in as admin.
     pub async fn start(setup: Setup<'_>) -> Result<Platform, String> {
+        Self::start_with(setup, Vec::new()).await
+    }
+
+    /// [`Platform::start`] with a controller that may pull images from `registries`.
+    pub async fn start_with(
+        setup: Setup<'_>,
+        registries: Vec<kiln_cloud_controller::config::RegistryAccess>,
+    ) -> Result<Platform, String> {
         let dir = setup.dir;
         let mut config = kiln_cloud_controller::Config::new(dir.join("cc"));
         config.listen = "127.0.0.1:0".parse().expect("an address");
@@ -385,6 +411,7 @@ impl Platform {
         config.default_domain = setup.domain.into();
         config.converge_settle_ms = 0;
         config.cell_ttl_ms = setup.cell_ttl_ms;
+        config.registries = registries;
         let cc = kiln_cloud_controller::start(config)
             .await
             .map_err(|e| format!("starting the controller: {e}"))?;

@@ -1,6 +1,7 @@
 //! The user's journey with the `kiln` CLI against a running platform, whatever brought it up
-//! (`deploy/up`, `deploy/cluster`): push each example app and get 200 through the router, push
-//! naming a buildpack, a manifest with two apps, scale to 3 and see three instances answer,
+//! (`deploy/up`, `deploy/cluster`): push each example app (the Dockerfile one with `-s docker`)
+//! and get 200 through the router, push naming a buildpack, a manifest with two apps, scale to
+//! 3 and see three instances answer,
 //! crash an instance and see it restarted, restage, `logs --recent` with STG, APP and RTR
 //! lines, `ssh -c`, delete with routes, and bad input refused with its reason (missing path,
 //! unknown stack, a failing buildpack, an oversized upload) leaving nothing behind.
@@ -166,6 +167,9 @@ pub async fn run(t: &Target) -> Step {
             "e2e-bin was not staged by the binary buildpack:\n{droplet}"
         ));
     }
+    // The Dockerfile example (FROM tiny), built at staging into an image droplet.
+    t.push_example("e2e-docker", "dockerfile", "docker", &[])
+        .await?;
     if t.stacks.iter().any(|s| s == "bookworm") {
         t.push_example("e2e-python", "python", "bookworm", &[])
             .await?;
@@ -229,6 +233,7 @@ pub async fn run(t: &Target) -> Step {
         "e2e-m2",
         "e2e-python",
         "e2e-nodejs",
+        "e2e-docker",
     ] {
         if t.kiln(&["app", app]).await?.code == 0 {
             t.ok(&["delete", app, "-r", "-f"]).await?;

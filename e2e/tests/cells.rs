@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_containers::Backend;
 use kiln_e2e::platform::{
     self, backend_config, cell_config, port_range, send, CellProcess, Leftovers, Platform,
     RequestLoop, Setup, ID_PROCFILE,
@@ -84,18 +83,7 @@ async fn scenario(
     .await?;
 
     // Cell A in this process; cell B as the binary with a TOML configuration.
-    let a_backend = Backend::new(a.backend_config())
-        .await
-        .map_err(|e| e.to_string())?;
-    kiln_executor::import_stack(&a_backend, "tiny")
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = async_nats::connect(&nats.url)
-        .await
-        .map_err(|e| e.to_string())?;
-    let executor_a = kiln_executor::Executor::start(a.clone(), a_backend, client)
-        .await
-        .map_err(|e| e.to_string())?;
+    let executor_a = platform::start_executor(a).await?;
     let b_file = dir.join("cell-b.toml");
     platform::write_cell_config(&b_file, b)?;
     leftovers.cells.insert(

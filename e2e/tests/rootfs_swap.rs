@@ -10,14 +10,15 @@
 //! data dir, address pool, port range and uid range; whatever the outcome, every backend
 //! destroys what it holds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_containers::Backend;
+use kiln_e2e::images::image_archives;
+use kiln_e2e::kiln::Kiln;
 use kiln_e2e::platform::{
-    backend_config, cell_config, send, Leftovers, Platform, RequestLoop, Setup, ID_PROCFILE,
+    backend_config, cell_config, send, start_executor, Leftovers, Platform, RequestLoop, Setup,
+    ID_PROCFILE,
 };
-use kiln_rootfs::layout::{read_image, write_layer, write_layout_with_layers, LayerBlob};
 use kiln_testkit::Nats;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -70,20 +71,7 @@ async fn scenario(dir: &Path, nats: &Nats, cells: &[kiln_executor::Config]) -> R
     .await?;
     let mut executors = Vec::new();
     for config in cells {
-        let backend = Backend::new(config.backend_config())
-            .await
-            .map_err(|e| e.to_string())?;
-        kiln_executor::import_stack(&backend, "tiny")
-            .await
-            .map_err(|e| e.to_string())?;
-        let client = async_nats::connect(&nats.url)
-            .await
-            .map_err(|e| e.to_string())?;
-        executors.push(
-            kiln_executor::Executor::start(config.clone(), backend, client)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        executors.push(start_executor(config).await?);
     }
     let (ida, idb) = (cells[0].cell_id.clone(), cells[1].cell_id.clone());
     p.cells_until("both cells heard", Duration::from_secs(60), |c| {
@@ -342,114 +330,4 @@ async fn digests(p: &Platform, app: &str) -> Vec<String> {
         .filter(|s| s["state"] == "RUNNING")
         .map(|s| s["stack_digest"].as_str().unwrap_or("?").to_string())
         .collect()
-}
-
-/// Tars of two OCI layouts in `dir`: the machine's tiny, and tiny with one more layer
-/// (`etc/kiln-release` = `swapped`).
-fn image_archives(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let tiny = kiln_rootfs::recipes::cached("tiny").map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let original = dir.join("tiny.tar");
-    tar_dir(&tiny.dir, &original)?;
-
-    let image = read_image(&tiny.dir, "tiny").map_err(|e| e.to_string())?;
-    let layout = dir.join("swapped");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
-    let diff_ids = image.config.rootfs().diff_ids().clone();
-    let mut layers = Vec::new();
-    for (desc, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
-        let hex = desc.digest().to_string();
-        let hex = hex.trim_start_matches("sha256:");
-        std::fs::copy(tiny.dir.join("blobs/sha256").join(hex), blobs.join(hex))
-            .map_err(|e| e.to_string())?;
-        layers.push(LayerBlob {
-            descriptor: desc.clone(),
-            diff_id,
-        });
-    }
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_mode(0o755);
-    header.set_size(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    tar.append_data(&mut header, "etc/", std::io::empty())
-        .map_err(|e| e.to_string())?;
-    let content = b"swapped\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o644);
-    header.set_size(content.len() as u64);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    tar.append_data(&mut header, "etc/kiln-release", &content[..])
-        .map_err(|e| e.to_string())?;
-    let tar = tar.into_inner().map_err(|e| e.to_string())?;
-    layers.push(write_layer(&layout, &tar).map_err(|e| e.to_string())?);
-    write_layout_with_layers(&layout, "tiny", image.config, &layers).map_err(|e| e.to_string())?;
-    let swapped = dir.join("swapped.tar");
-    tar_dir(&layout, &swapped)?;
-    Ok((original, swapped))
-}
-
-fn tar_dir(dir: &Path, to: &Path) -> Result<(), String> {
-    let file = std::fs::File::create(to).map_err(|e| e.to_string())?;
-    let mut tar = tar::Builder::new(file);
-    tar.append_dir_all(".", dir).map_err(|e| e.to_string())?;
-    tar.into_inner().map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// The built `kiln`, logged in as admin with a home of its own.
-struct Kiln {
-    binary: PathBuf,
-    home: PathBuf,
-}
-
-impl Kiln {
-    async fn login(dir: &Path, p: &Platform) -> Result<Kiln, String> {
-        let kiln = Kiln {
-            binary: kiln_e2e::platform::kiln_binary()?,
-            home: dir.join("kiln-home"),
-        };
-        let password =
-            std::fs::read_to_string(dir.join("cc/admin-password")).map_err(|e| e.to_string())?;
-        kiln.run(&[
-            "login",
-            "-a",
-            &p.cc_url,
-            "-u",
-            "admin",
-            "-p",
-            password.trim(),
-        ])
-        .await?;
-        Ok(kiln)
-    }
-
-    /// Runs `kiln args`: its stdout and stderr on success, else both in the error.
-    async fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = tokio::process::Command::new(&self.binary)
-            .args(args)
-            .env("KILN_HOME", &self.home)
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| format!("running kiln: {e}"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!("kiln {} ({}): {text}", args.join(" "), out.status))
-        }
-    }
 }

@@ -5,7 +5,8 @@
 //! is an `audit.app.ssh` event without the command's output; the API's refusals (an empty
 //! command, an index out of range, a timeout out of range, an unknown process, an instance
 //! not running); `kiln ssh` prints the output and exits with the command's code (124 when
-//! killed at its timeout; 2 without `-c`). Test indexes 66 (the stager's backend:
+//! killed at its timeout); without `-c` it opens a session whose shell reads the script on
+//! kiln's stdin, streamed both ways over the controller's WebSocket. Test indexes 66 (the stager's backend:
 //! 10.244.66.0/26, ports 41320-41339) and 67 (the cell's: 10.244.67.0/26, ports
 //! 41340-41359).
 
@@ -122,15 +123,29 @@ impl Platform {
 
     /// Runs the built `kiln` with the test's home.
     async fn kiln(&self, args: &[&str]) -> Run {
-        let out = tokio::process::Command::new(&self.kiln)
+        self.kiln_with_input(args, "").await
+    }
+
+    /// Runs the built `kiln` with the test's home and `input` on its stdin.
+    async fn kiln_with_input(&self, args: &[&str], input: &str) -> Run {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(&self.kiln)
             .args(args)
             .env("KILN_HOME", &self.home)
             .env("NO_COLOR", "1")
             .env_remove("KILN_PASSWORD")
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output()
+            .spawn()
+            .expect("run kiln");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes()).await;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
             .await
+            .expect("kiln ended within 2 minutes")
             .expect("run kiln");
         Run {
             code: out.status.code(),
@@ -418,13 +433,19 @@ async fn scenario(
             )
         },
     )?;
-    let run = p.kiln(&["ssh", "hello"]).await;
+    // A session: the script on stdin runs in the instance's shell, streamed both ways.
+    let script = "echo $CF_INSTANCE_INDEX from-session\necho to-err >&2\ncd /tmp && pwd\nexit 5\necho not-run\n";
+    let run = p.kiln_with_input(&["ssh", "hello"], script).await;
     check(
-        run.code == Some(2)
-            && run
-                .stderr
-                .contains("interactive sessions are not supported yet; run a command with -c"),
-        || format!("kiln ssh without -c: {:?} {:?}", run.code, run.stderr),
+        run.code == Some(5)
+            && run.stdout == "0 from-session\n/tmp\n"
+            && run.stderr.contains("to-err"),
+        || {
+            format!(
+                "kiln ssh (session): {:?} {:?} {:?}",
+                run.code, run.stdout, run.stderr
+            )
+        },
     )?;
     let run = p.kiln(&["ssh", "hello", "-i", "3", "-c", "true"]).await;
     check(
@@ -444,7 +465,7 @@ async fn scenario(
     ))
     .await;
     let n = events["resources"].as_array().map_or(0, Vec::len);
-    check(n == 5, || format!("ssh events after the CLI: {events}"))?;
+    check(n == 6, || format!("ssh events after the CLI: {events}"))?;
 
     // Stopped: the instance is not running, and the API says so.
     let (status, body) = send(p.call(Method::POST, &format!("/v3/apps/{app}/actions/stop"))).await;

@@ -125,7 +125,8 @@ impl Shared {
                     "instance {} is already on this cell",
                     s.instance_guid
                 ))
-            } else if !self.config.stacks.contains(&s.stack) {
+            } else if s.image.is_none() && !self.config.stacks.contains(&s.stack) {
+                // (An image droplet brings its own root filesystem.)
                 Some(format!(
                     "the cell has no stack {:?} (it has {})",
                     s.stack,
@@ -225,9 +226,8 @@ impl Shared {
         let drains = subscribe(cell::drain_subject(&self.config.cell_id)).await?;
         let execs = subscribe(cell::exec_subject(&self.config.cell_id)).await?;
         // The server has the subscriptions once this returns: commands sent after start()
-        // are not lost.
-        self.nats
-            .flush()
+        // are not lost (a flush only writes them to the socket).
+        kiln_bus::round_trip(&self.nats, kiln_bus::ROUND_TRIP_TIMEOUT)
             .await
             .map_err(|e| crate::ExecutorError::Subscribe {
                 subject: cell::start_subject(&self.config.cell_id),
@@ -357,5 +357,6 @@ fn empty_start() -> InstanceStart {
         health_check: Default::default(),
         routes: Vec::new(),
         stack_image: None,
+        image: None,
     }
 }

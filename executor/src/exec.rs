@@ -43,7 +43,7 @@ const SHOWN_COMMAND_CHARS: usize = 200;
 
 /// Why a command did not run or did not finish; the message is the answer's `error`.
 #[derive(Debug, thiserror::Error)]
-enum ExecError {
+pub(crate) enum ExecError {
     /// The request is not an [`InstanceExec`].
     #[error("invalid exec request: {0}")]
     Invalid(String),
@@ -80,11 +80,11 @@ enum ExecError {
         /// The program.
         program: String,
         /// Why.
-        source: kiln_containers::Error,
+        source: Box<kiln_containers::Error>,
     },
     /// The process's end could not be learnt (its container went meanwhile).
     #[error("lost the command's process: {0}")]
-    Lost(kiln_containers::Error),
+    Lost(Box<kiln_containers::Error>),
     /// The executor stopped while the command ran; it was killed.
     #[error("the cell is shutting down: the command was killed")]
     ShuttingDown,
@@ -135,6 +135,13 @@ pub(crate) async fn serve(
             continue;
         };
         let (cell, done) = (cell.clone(), done.clone());
+        if request.session.is_some() {
+            tokio::spawn(async move {
+                crate::session::run(&cell, request, reply, &done).await;
+                drop(permit);
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let result = run(&cell, request, &done).await;
             answer(&cell.nats, reply, result).await;
@@ -143,8 +150,11 @@ pub(crate) async fn serve(
     }
 }
 
-/// Runs `request`, or says why not.
-async fn run(cell: &Shared, request: InstanceExec, done: &CancellationToken) -> ExecResult {
+/// The instance `request` names, with its host port, when a command can run in it.
+pub(crate) fn target(
+    cell: &Shared,
+    request: &InstanceExec,
+) -> Result<(Arc<Instance>, u16), ExecError> {
     let not_running = || ExecError::NotRunning {
         instance: request.instance_guid.clone(),
         cell: cell.config.cell_id.clone(),
@@ -152,39 +162,48 @@ async fn run(cell: &Shared, request: InstanceExec, done: &CancellationToken) -> 
     let inst = cell.instances().get(&request.instance_guid).cloned();
     let inst = match inst {
         Some(inst) if !inst.stop.is_cancelled() => inst,
-        _ => {
-            info!(instance = %request.instance_guid, "exec.refused");
-            return not_running().into();
-        }
+        _ => return Err(not_running()),
     };
-    let span = info_span!(
+    let (state, port) = {
+        let actual = inst.actual();
+        (actual.state, actual.port)
+    };
+    if !matches!(state, InstanceState::Running | InstanceState::Starting) {
+        Err(not_running())
+    } else if port == 0 {
+        Err(ExecError::NoContainer {
+            instance: request.instance_guid.clone(),
+            cell: cell.config.cell_id.clone(),
+        })
+    } else if request.command.first().is_none_or(|p| p.is_empty()) {
+        Err(ExecError::NoCommand)
+    } else {
+        Ok((inst, port))
+    }
+}
+
+/// The span of a command or session in `inst`.
+pub(crate) fn span(kind: &'static str, inst: &Instance) -> tracing::Span {
+    info_span!(
         "exec",
+        kind,
         app = %inst.start.app_guid,
         instance = %inst.start.instance_guid,
         index = inst.start.index,
         container = %inst.handle(),
-    );
-    async {
-        let (state, port) = {
-            let actual = inst.actual();
-            (actual.state, actual.port)
-        };
-        let refused = if !matches!(state, InstanceState::Running | InstanceState::Starting) {
-            Some(not_running())
-        } else if port == 0 {
-            Some(ExecError::NoContainer {
-                instance: request.instance_guid.clone(),
-                cell: cell.config.cell_id.clone(),
-            })
-        } else if request.command.first().is_none_or(|p| p.is_empty()) {
-            Some(ExecError::NoCommand)
-        } else {
-            None
-        };
-        if let Some(why) = refused {
-            info!(reason = %why, "exec.refused");
+    )
+}
+
+/// Runs `request`, or says why not.
+async fn run(cell: &Shared, request: InstanceExec, done: &CancellationToken) -> ExecResult {
+    let (inst, port) = match target(cell, &request) {
+        Ok(found) => found,
+        Err(why) => {
+            info!(instance = %request.instance_guid, reason = %why, "exec.refused");
             return why.into();
         }
+    };
+    async {
         match execute(cell, &inst, &request, port, done).await {
             Ok(result) => result,
             Err(e) => {
@@ -193,7 +212,7 @@ async fn run(cell: &Shared, request: InstanceExec, done: &CancellationToken) -> 
             }
         }
     }
-    .instrument(span)
+    .instrument(span("command", &inst))
     .await
 }
 
@@ -216,30 +235,8 @@ async fn execute(
 ) -> Result<ExecResult, ExecError> {
     let timeout = timeout_of(request);
     let argv = &request.command;
-    report::cell_log(
-        &cell.nats,
-        inst,
-        &format!(
-            "Running command in instance {}: {}",
-            inst.start.index,
-            shown(argv)
-        ),
-    )
-    .await;
-    // The app process's user, directory and environment; another program.
-    let mut spec = launch::process_spec(cell, inst, port);
-    spec.path.clone_from(&argv[0]);
-    spec.args = argv[1..].to_vec();
-    spec.timeout = Some(timeout);
     let started = Instant::now();
-    let mut process = cell
-        .backend
-        .run(inst.handle(), spec)
-        .await
-        .map_err(|source| ExecError::Start {
-            program: argv[0].clone(),
-            source,
-        })?;
+    let mut process = start(cell, inst, argv, port, timeout, "Running command").await?;
     info!(timeout_secs = timeout.as_secs(), "exec.started");
     drop(process.take_stdin());
     let stop_reading = CancellationToken::new();
@@ -274,7 +271,7 @@ async fn execute(
     };
     match exit {
         None => result.error = Some(ExecError::ShuttingDown.to_string()),
-        Some(Err(e)) => result.error = Some(ExecError::Lost(e).to_string()),
+        Some(Err(e)) => result.error = Some(ExecError::Lost(Box::new(e)).to_string()),
         Some(Ok(exit)) if exit.timed_out => {
             result.timed_out = true;
             result.error = Some(format!(
@@ -292,6 +289,35 @@ async fn execute(
         "exec.finished"
     );
     Ok(result)
+}
+
+/// Starts `argv` in `inst`'s container as the app's process runs (its user, directory and
+/// environment), killed at `timeout`, after a `CELL` line "<what> in instance <i>: <argv>".
+pub(crate) async fn start(
+    cell: &Shared,
+    inst: &Instance,
+    argv: &[String],
+    port: u16,
+    timeout: Duration,
+    what: &str,
+) -> Result<kiln_containers::Process, ExecError> {
+    report::cell_log(
+        &cell.nats,
+        inst,
+        &format!("{what} in instance {}: {}", inst.start.index, shown(argv)),
+    )
+    .await;
+    let mut spec = launch::process_spec(cell, inst, port);
+    spec.path.clone_from(&argv[0]);
+    spec.args = argv[1..].to_vec();
+    spec.timeout = Some(timeout);
+    cell.backend
+        .run(inst.handle(), spec)
+        .await
+        .map_err(|source| ExecError::Start {
+            program: argv[0].clone(),
+            source: Box::new(source),
+        })
 }
 
 /// Reads `stream` to its end (or until `stop`), keeping the first [`EXEC_OUTPUT_LIMIT`]
@@ -324,7 +350,11 @@ async fn collect(
 }
 
 /// Sends `result` to `reply`, cut to the bus's largest message.
-async fn answer(nats: &async_nats::Client, reply: async_nats::Subject, mut result: ExecResult) {
+pub(crate) async fn answer(
+    nats: &async_nats::Client,
+    reply: async_nats::Subject,
+    mut result: ExecResult,
+) {
     let max = match nats.server_info().max_payload {
         0 => DEFAULT_MAX_PAYLOAD,
         max => max,
@@ -409,6 +439,7 @@ mod tests {
             instance_guid: "i".into(),
             command: vec!["true".into()],
             timeout_secs,
+            session: None,
         };
         assert_eq!(timeout_of(&request(0)), Duration::from_secs(60));
         assert_eq!(timeout_of(&request(1)), Duration::from_secs(1));

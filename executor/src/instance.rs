@@ -112,36 +112,45 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
         &format!("Cell {id} creating container for instance {guid}"),
     )
     .await;
-    let layer = tokio::select! {
-        layer = cell.droplets.acquire(&inst.start.droplet_url, &inst.start.droplet_sha256) => layer,
-        () = inst.stop.cancelled() => return launch::stopped(cell, inst).await,
+    // An image droplet has no droplet layer: its image (`stack_image`) is the whole root.
+    let layer = match inst.start.image {
+        Some(_) => None,
+        None => {
+            let layer = tokio::select! {
+                layer = cell.droplets.acquire(&inst.start.droplet_url, &inst.start.droplet_sha256) => layer,
+                () = inst.stop.cancelled() => return launch::stopped(cell, inst).await,
+            };
+            match layer {
+                Ok(layer) => Some(layer),
+                Err(e) => return launch::start_failed(cell, inst, None, e.to_string()).await,
+            }
+        }
     };
-    let layer = match layer {
-        Ok(layer) => layer,
-        Err(e) => return launch::start_failed(cell, inst, None, e.to_string()).await,
-    };
-    if layer.downloaded {
+    let layer = layer.as_ref();
+    if let Some(layer) = layer.filter(|l| l.downloaded) {
         info!(sha256 = %layer.sha256, unpacked = layer.unpacked, "instance.droplet-downloaded");
     }
     if let Some(image) = &inst.start.stack_image {
         let ready = tokio::select! {
             ready = cell.droplets.ensure_stack_image(&cell.backend, image) => ready,
             () = inst.stop.cancelled() => {
-                cell.droplets.release(&layer);
+                if let Some(layer) = layer {
+                    cell.droplets.release(layer);
+                }
                 return launch::stopped(cell, inst).await;
             }
         };
         if let Err(e) = ready {
-            return launch::start_failed(cell, inst, Some(&layer), e.to_string()).await;
+            return launch::start_failed(cell, inst, layer, e.to_string()).await;
         }
     }
     let created = cell
         .backend
-        .create(launch::container_spec(inst, &layer))
+        .create(launch::container_spec(inst, layer))
         .await;
     let info = match created {
         Ok(info) => info,
-        Err(e) => return launch::start_failed(cell, inst, Some(&layer), e.to_string()).await,
+        Err(e) => return launch::start_failed(cell, inst, layer, e.to_string()).await,
     };
     let port = info.mapped_ports.first().map(|m| m.host_port).unwrap_or(0);
     {
@@ -164,7 +173,7 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
     {
         Ok(p) => p,
         Err(e) => {
-            launch::destroy(cell, inst, &layer).await;
+            launch::destroy(cell, inst, layer).await;
             return launch::start_failed(cell, inst, None, format!("starting the process: {e}"))
                 .await;
         }
@@ -203,7 +212,7 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
             warn!(error = %e, "instance.stop-failed");
         }
     }
-    launch::destroy(cell, inst, &layer).await;
+    launch::destroy(cell, inst, layer).await;
     exited.abort();
     for pump in pumps {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pump).await;

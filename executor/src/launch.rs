@@ -10,11 +10,17 @@ use crate::cell::Shared;
 use crate::droplets::Layer;
 use crate::instance::{Instance, ROLE, ROLE_PROPERTY};
 use crate::report::{self, Ending};
-use kiln_bus::cell::{CrashReason, InstanceState};
+use kiln_bus::cell::{CrashReason, ImageProcess, InstanceState};
 use tracing::warn;
 
-pub(crate) fn container_spec(inst: &Instance, layer: &Layer) -> ContainerSpec {
+pub(crate) fn container_spec(inst: &Instance, layer: Option<&Layer>) -> ContainerSpec {
     let s = &inst.start;
+    // What the instance runs: the droplet by sha256, or an image droplet by digest.
+    let runs = match (layer, &s.stack_image) {
+        (Some(layer), _) => layer.sha256.clone(),
+        (None, Some(image)) => image.digest.clone(),
+        (None, None) => String::new(),
+    };
     let properties = [
         (ROLE_PROPERTY, ROLE.to_string()),
         ("kiln.app_guid", s.app_guid.clone()),
@@ -22,7 +28,7 @@ pub(crate) fn container_spec(inst: &Instance, layer: &Layer) -> ContainerSpec {
         ("kiln.process_type", s.process_type.clone()),
         ("kiln.index", s.index.to_string()),
         ("kiln.instance_guid", s.instance_guid.clone()),
-        ("kiln.droplet_sha256", layer.sha256.clone()),
+        ("kiln.droplet_sha256", runs),
     ];
     ContainerSpec {
         handle: s.instance_guid.clone(),
@@ -38,10 +44,10 @@ pub(crate) fn container_spec(inst: &Instance, layer: &Layer) -> ContainerSpec {
             cpu_shares: s.memory_mb.clamp(2, 262_144),
             ..Limits::default()
         },
-        layers: vec![layer.path.clone()],
+        layers: layer.map(|l| l.path.clone()).into_iter().collect(),
         net_in: vec![NetIn {
             host_port: None,
-            container_port: kiln_droplet::APP_PORT,
+            container_port: app_port(inst),
         }],
         properties: properties
             .into_iter()
@@ -65,14 +71,55 @@ pub(crate) fn process_spec(cell: &Shared, inst: &Instance, port: u16) -> Process
         disk_mib: s.disk_mb,
         uris: s.routes.clone(),
     };
-    let args = kiln_droplet::launcher_args(&s.start_command);
+    let Some(image) = &s.image else {
+        let args = kiln_droplet::launcher_args(&s.start_command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
+        // The app's variables first, the platform's last: they win (as in Cloud Foundry).
+        spec.env = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        spec.env.extend(kiln_droplet::instance_env(&env));
+        spec.dir = Some(kiln_droplet::APP_DIR.to_string());
+        return spec;
+    };
+    image_process_spec(image, s, &env)
+}
+
+/// An image droplet's process: the image's argv as its `USER` (root, inside the user
+/// namespace only, when it names none; a `user:group` runs with the user's own group) in its
+/// `WORKDIR`, with its `ENV`, then the app's variables, then the platform's with `PORT` the
+/// image's port.
+fn image_process_spec(
+    image: &ImageProcess,
+    s: &kiln_bus::cell::InstanceStart,
+    env: &kiln_droplet::Instance,
+) -> ProcessSpec {
+    let (path, args) = match image.command.split_first() {
+        Some((path, args)) => (path.clone(), args.to_vec()),
+        None => (String::from("/bin/sh"), Vec::new()),
+    };
+    let user = match image.user.split(':').next().unwrap_or_default() {
+        "" => "0",
+        user => user,
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
-    // The app's variables first, the platform's last: they win (as in Cloud Foundry).
-    spec.env = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    spec.env.extend(kiln_droplet::instance_env(&env));
-    spec.dir = Some(kiln_droplet::APP_DIR.to_string());
+    let mut spec = ProcessSpec::new(&path, &args).user(user);
+    spec.env = image.env.clone();
+    spec.env
+        .extend(s.env.iter().map(|(k, v)| format!("{k}={v}")));
+    spec.env.extend(kiln_droplet::platform_env(env, image.port));
+    spec.dir = Some(match image.working_dir.as_str() {
+        "" => "/".to_string(),
+        dir => dir.to_string(),
+    });
     spec
+}
+
+/// The port the app listens on inside its container.
+pub(crate) fn app_port(inst: &Instance) -> u16 {
+    inst.start
+        .image
+        .as_ref()
+        .map_or(kiln_droplet::APP_PORT, |image| image.port)
 }
 
 /// Streams lines of `stream` to the app's log.
@@ -90,7 +137,7 @@ pub(crate) async fn pump(
     }
 }
 
-pub(crate) async fn destroy(cell: &Shared, inst: &Instance, layer: &Layer) {
+pub(crate) async fn destroy(cell: &Shared, inst: &Instance, layer: Option<&Layer>) {
     let (id, guid) = (&cell.config.cell_id, inst.handle());
     report::cell_log(
         &cell.nats,
@@ -109,7 +156,9 @@ pub(crate) async fn destroy(cell: &Shared, inst: &Instance, layer: &Layer) {
         }
         Err(e) => warn!(error = %e, "container.destroy-failed"),
     }
-    cell.droplets.release(layer);
+    if let Some(layer) = layer {
+        cell.droplets.release(layer);
+    }
 }
 
 pub(crate) async fn start_failed(

@@ -28,6 +28,7 @@ pub mod instance;
 mod launch;
 mod loops;
 mod report;
+mod session;
 mod stack_images;
 
 use std::sync::atomic::Ordering;

@@ -94,11 +94,15 @@ pub(crate) async fn metrics(cell: Arc<Shared>, stop: CancellationToken) {
         }
         let instances: Vec<_> = cell.instances().values().cloned().collect();
         previous.retain(|guid, _| instances.iter().any(|i| i.handle() == guid));
-        for inst in instances {
-            if inst.actual().port == 0 {
-                continue; // no container yet
-            }
-            let Ok(m) = cell.backend.metrics(inst.handle()).await else {
+        // Those with a container, read all at once.
+        let instances: HashMap<String, _> = instances
+            .into_iter()
+            .filter(|i| i.actual().port != 0)
+            .map(|i| (i.handle().to_string(), i))
+            .collect();
+        let handles = instances.keys().cloned().collect();
+        for (handle, m) in cell.backend.metrics_of(handles).await {
+            let (Some(inst), Ok(m)) = (instances.get(&handle), m) else {
                 continue;
             };
             let now = Instant::now();

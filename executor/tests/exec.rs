@@ -8,31 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cell::Cell;
+use common::cell::{exec, Cell};
 use common::*;
-use kiln_bus::cell::{self, ExecResult, InstanceExec};
+use kiln_bus::cell;
 
 const WEB: &str = "exec httpd -f -p $PORT -h /home/vcap/app";
-
-/// Asks the cell to run `command` in `instance`; its answer.
-async fn exec(c: &Cell, instance: &str, command: &[&str], timeout_secs: u64) -> ExecResult {
-    let request = InstanceExec {
-        instance_guid: instance.into(),
-        command: command.iter().map(|a| a.to_string()).collect(),
-        timeout_secs,
-    };
-    let answer = c
-        .client
-        .send_request(
-            cell::exec_subject(&c.config.cell_id),
-            async_nats::Request::new()
-                .payload(kiln_bus::encode(&request).into())
-                .timeout(Some(Duration::from_secs(timeout_secs.max(1) + 10))),
-        )
-        .await
-        .expect("the cell answers");
-    kiln_bus::decode("exec reply", &answer.payload).expect("an ExecResult")
-}
 
 #[test]
 fn commands_run_in_the_instance_and_report_output_exit_and_timeout() {

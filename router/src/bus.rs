@@ -50,7 +50,9 @@ pub(crate) async fn connect(shared: &Shared) -> Result<Bus, StartError> {
             source,
         })?;
     // The subscription is in place before anyone is told to register.
-    client.flush().await.map_err(StartError::Flush)?;
+    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .map_err(StartError::RoundTrip)?;
     shared.metrics.bus_connected.store(true, Ordering::Relaxed);
     say_hello(&client, shared).await;
     Ok(Bus {

@@ -63,6 +63,6 @@ pub enum StartError {
         source: async_nats::SubscribeError,
     },
     /// The subscription could not be confirmed with the server.
-    #[error("flushing the NATS connection: {0}")]
-    Flush(#[source] async_nats::client::FlushError),
+    #[error("confirming the subscription with NATS: {0}")]
+    RoundTrip(#[source] kiln_bus::RoundTripError),
 }

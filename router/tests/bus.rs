@@ -30,7 +30,9 @@ async fn router_start_is_published_at_start_and_router_greet_is_answered() {
     let nats = Nats::start();
     let watcher = async_nats::connect(&nats.url).await.unwrap();
     let mut starts = watcher.subscribe(ROUTER_START).await.unwrap();
-    watcher.flush().await.unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let router = Router::start(&nats.url).await;
 
     let hello = next_start(&mut starts).await;
@@ -161,7 +163,9 @@ async fn the_table_outlives_a_nats_outage_and_router_start_follows_the_reconnect
     let restarted = Nats::start_on(port);
     let watcher = async_nats::connect(&restarted.url).await.unwrap();
     let mut starts = watcher.subscribe(ROUTER_START).await.unwrap();
-    watcher.flush().await.unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     gate.open();
     let hello = next_start(&mut starts).await;
     assert_eq!(hello.id, router.id);

@@ -39,7 +39,9 @@ async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
     let watcher = async_nats::connect(&nats.url).await.unwrap();
     let mut lines = watcher.subscribe(app_log("app-guid-7")).await.unwrap();
     let mut all = watcher.subscribe(APP_LOG_ALL).await.unwrap();
-    watcher.flush().await.unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let registrar = Registrar::connect(&nats.url).await;
     let mut m = endpoint(backend.addr, &["rtr.example.com"], "app-guid-7");
     m.private_instance_index = "4".into();
@@ -115,7 +117,9 @@ async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
     let nats = Nats::start();
     let watcher = async_nats::connect(&nats.url).await.unwrap();
     let mut lines = watcher.subscribe(APP_LOG_ALL).await.unwrap();
-    watcher.flush().await.unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let router = Router::start(&nats.url).await;
     let quiet = Router::start_with(&nats.url, |c| c.rtr_lines = false).await;
     // Connected after the routers: with nats-server 2.9, a registration from a connection

@@ -11,6 +11,7 @@
 mod app_bits;
 pub mod buildpack;
 mod classic;
+pub mod dockerfile;
 mod error;
 mod lifecycle;
 pub mod log;

@@ -78,21 +78,10 @@ fn main() -> Result<()> {
         }
     });
     drop(runtime);
-    if result.is_err() {
-        for (name, p) in &leftovers.cells {
-            eprintln!("--- {name}'s log (last lines) ---\n{}", tail(&p.log(), 30));
-        }
-    }
-    let left = leftovers.clean();
+    let outcome = kiln_bench::finish(result, &mut leftovers);
     drop(nats);
     drop(dir);
-    let mut figures = result?;
-    figures["left_after_cleanup"] = json!(left);
-    println!("{figures}");
-    if !left.is_empty() {
-        bail!("the benchmark left {left:?}");
-    }
-    Ok(())
+    outcome
 }
 
 /// What the benchmark heard on the bus.
@@ -323,7 +312,7 @@ async fn listen(
     let states = client
         .subscribe(kiln_bus::cell::INSTANCE_STATE.to_string())
         .await?;
-    client.flush().await?;
+    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut all = futures::stream::select_all([adverts, starts, states]);
     tokio::spawn(async move {
@@ -366,11 +355,6 @@ fn ms(d: Duration) -> f64 {
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The controller's lost-cell timeout in this run: `KILN_BENCH_CELL_TTL_MS`, else 3 s (six

@@ -105,25 +105,10 @@ fn main() -> Result<()> {
         }
     });
     drop(runtime);
-    if result.is_err() {
-        for (name, p) in &leftovers.cells {
-            let log = p.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            eprintln!("--- {name}'s log (last lines) ---\n{tail}");
-        }
-    }
-    eprintln!("cleaning up");
-    let left = leftovers.clean();
+    let outcome = kiln_bench::finish(result, &mut leftovers);
     drop(nats);
     drop(dir);
-    let mut figures = result?;
-    figures["left_after_cleanup"] = json!(left);
-    println!("{figures}");
-    if !left.is_empty() {
-        bail!("the benchmark left {left:?}");
-    }
-    Ok(())
+    outcome
 }
 
 async fn bench(

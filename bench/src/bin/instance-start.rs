@@ -104,21 +104,10 @@ fn main() -> Result<()> {
     // The runtime first (the in-process components and backends with it), then the cell
     // process and whatever the backends still hold.
     drop(runtime);
-    if result.is_err() {
-        for (name, p) in &leftovers.cells {
-            eprintln!("--- {name}'s log (last lines) ---\n{}", tail(&p.log(), 30));
-        }
-    }
-    let left = leftovers.clean();
+    let outcome = kiln_bench::finish(result, &mut leftovers);
     drop(nats);
     drop(dir);
-    let mut figures = result?;
-    figures["left_after_cleanup"] = json!(left);
-    println!("{figures}");
-    if !left.is_empty() {
-        bail!("the benchmark left {left:?}");
-    }
-    Ok(())
+    outcome
 }
 
 struct Run<'a> {
@@ -298,7 +287,7 @@ async fn listen(
         .subscribe(kiln_bus::cell::INSTANCE_STATE.to_string())
         .await?;
     let logs = client.subscribe(kiln_bus::cell::app_log(app)).await?;
-    client.flush().await?;
+    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut all = futures::stream::select_all([starts, states, logs]);
     tokio::spawn(async move {
@@ -602,9 +591,4 @@ fn max(samples: &[Duration]) -> f64 {
 
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

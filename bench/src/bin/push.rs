@@ -208,21 +208,10 @@ fn main() -> Result<()> {
     // The runtime first (the in-process components, the CLI processes and the backends with
     // it), then the cell process and whatever the backends still hold.
     drop(runtime);
-    if result.is_err() {
-        for (name, p) in &leftovers.cells {
-            eprintln!("--- {name}'s log (last lines) ---\n{}", tail(&p.log(), 30));
-        }
-    }
-    let left = leftovers.clean();
+    let outcome = kiln_bench::finish(result, &mut leftovers);
     drop(nats);
     drop(dir);
-    let mut figures = result?;
-    figures["left_after_cleanup"] = json!(left);
-    println!("{figures}");
-    if !left.is_empty() {
-        bail!("the benchmark left {left:?}");
-    }
-    Ok(())
+    outcome
 }
 
 struct Run<'a> {
@@ -749,7 +738,7 @@ async fn listen(nats_url: &str, cell_id: &str) -> Result<Bus> {
     ] {
         subscriptions.push(client.subscribe(subject).await?);
     }
-    client.flush().await?;
+    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut all = futures::stream::select_all(subscriptions);
     tokio::spawn(async move {
@@ -1030,11 +1019,6 @@ fn p50(samples: &[Duration]) -> f64 {
 
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

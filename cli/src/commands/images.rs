@@ -128,7 +128,7 @@ pub async fn import(
 }
 
 /// Uploads `archive` to the image store; the image's JSON.
-async fn upload(
+pub(crate) async fn upload(
     client: &mut Client,
     archive: &Path,
     name: Option<&str>,

@@ -9,4 +9,5 @@ pub mod login;
 pub mod logs;
 pub mod platform;
 pub mod routes;
+pub mod session;
 pub mod ssh;

@@ -1,6 +1,8 @@
 //! `kiln ssh NAME -c COMMAND`: runs a command in one instance of an app (the controller's
 //! `POST /v3/processes/:guid/instances/:index/exec`), prints its stdout and stderr as they
-//! came back, and exits with its exit code. Interactive sessions are not supported yet.
+//! came back, and exits with its exit code. `kiln ssh NAME`: a session (a shell in the
+//! instance) over the controller's WebSocket (`/v3/processes/:guid/instances/:index/ssh`,
+//! see [`super::session`]).
 
 use std::io::Write;
 
@@ -11,13 +13,11 @@ use crate::output::{paint_err, s, Out};
 
 /// The exit code when the command was killed at its timeout (as `timeout(1)` exits).
 const TIMED_OUT: u8 = 124;
-/// The exit code when no command was given.
-const USAGE: u8 = 2;
 
 /// `kiln ssh` arguments.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  kiln ssh hello -c 'ls -la'\n  kiln ssh hello -i 1 -c 'echo $CF_INSTANCE_INDEX; df -h .'\n  kiln ssh hello --process worker -t 300 -c './bin/migrate'\n\nThe command runs with `sh -c` as the app's user in /home/vcap/app, with the app's and\nthe instance's environment (PORT, CF_INSTANCE_*, VCAP_APPLICATION), and no stdin; up to\n1 MiB of each of stdout and stderr comes back. kiln exits with the command's exit code,\n124 when it was killed at its timeout."
+    after_help = "Examples:\n  kiln ssh hello\n  kiln ssh hello -c 'ls -la'\n  kiln ssh hello -i 1 -c 'echo $CF_INSTANCE_INDEX; df -h .'\n  kiln ssh hello --process worker -t 300 -c './bin/migrate'\n\nThe command runs with `sh -c` as the app's user in /home/vcap/app, with the app's and\nthe instance's environment (PORT, CF_INSTANCE_*, VCAP_APPLICATION), and no stdin; up to\n1 MiB of each of stdout and stderr comes back. kiln exits with the command's exit code,\n124 when it was killed at its timeout.\n\nWithout -c: a shell in the instance (`sh -i` when stdin is a terminal, `sh` reading\na script otherwise), streamed both ways; no pseudo-terminal, so no job control or\nfull-screen programs (like `cf ssh -T`). kiln exits with the shell's exit code."
 )]
 pub struct Args {
     /// The app.
@@ -28,7 +28,7 @@ pub struct Args {
     /// The process type.
     #[arg(long = "process", default_value = "web")]
     pub process: String,
-    /// The command, run with `sh -c` in the instance (required: no interactive sessions yet).
+    /// The command, run with `sh -c` in the instance; without it, a shell session.
     #[arg(short = 'c', long = "command")]
     pub command: Option<String>,
     /// Seconds before the command is killed, 1 to 600.
@@ -39,13 +39,6 @@ pub struct Args {
 
 /// Runs `kiln ssh`.
 pub async fn run(args: Args, out: Out) -> anyhow::Result<u8> {
-    let Some(command) = args.command else {
-        eprintln!(
-            "{} interactive sessions are not supported yet; run a command with -c",
-            paint_err("FAILED")
-        );
-        return Ok(USAGE);
-    };
     let mut client = Client::from_config()?;
     let app = client.app_by_name(&args.name).await?;
     let path = format!(
@@ -61,6 +54,14 @@ pub async fn run(args: Args, out: Out) -> anyhow::Result<u8> {
             args.process
         ),
         Err(e) => return Err(e.into()),
+    };
+    let Some(command) = args.command else {
+        let path = format!(
+            "/v3/processes/{}/instances/{}/ssh",
+            s(&process, "guid"),
+            args.index
+        );
+        return super::session::open(&mut client, &path).await;
     };
     let body = json!({"command": ["sh", "-c", command], "timeout_secs": args.timeout});
     let result = client

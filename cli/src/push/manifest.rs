@@ -113,6 +113,15 @@ pub struct AppManifest {
     pub health_check_http_endpoint: Option<String>,
     /// Seconds to wait for the app to start.
     pub timeout: Option<u64>,
+    /// `docker: {image: ...}`: run an image instead of staging files.
+    pub docker: Option<DockerManifest>,
+}
+
+/// The manifest's `docker` section.
+#[derive(Debug, Deserialize, Clone, Default)]
+pub struct DockerManifest {
+    /// An image archive, an image of the store, or `host[:port]/repo:tag`.
+    pub image: String,
 }
 
 /// A size in MiB, written `256M`, `1G`, `512MB`, `1024` (MiB).

@@ -23,7 +23,7 @@ pub use routes::{ensure as ensure_route, host_for as routes_host};
 /// `kiln push` arguments.
 #[derive(clap::Args, Default)]
 #[command(
-    after_help = "Examples:\n  kiln push hello -p examples/staticfile -s tiny\n  kiln push                       # every app of ./manifest.yml\n  kiln push api -f deploy/manifest.yml -i 3 -m 512M\n  kiln push hello --no-start      # upload only"
+    after_help = "Examples:\n  kiln push hello -p examples/staticfile -s tiny\n  kiln push                       # every app of ./manifest.yml\n  kiln push api -f deploy/manifest.yml -i 3 -m 512M\n  kiln push hello --no-start      # upload only\n  kiln push web -p examples/dockerfile        # its Dockerfile is built at staging\n  kiln push web --docker-image web.tar        # an OCI layout or `docker save` tar\n  kiln push web --docker-image 127.0.0.1:5000/team/web:1   # from a registry the controller may pull from\n\nAn app with a Dockerfile at its root and no -b is built from it (or say -s docker)."
 )]
 pub struct Args {
     /// The app (default: every app of the manifest).
@@ -73,6 +73,12 @@ pub struct Args {
     /// Seconds to wait for the instances to run.
     #[arg(short = 't', long)]
     pub timeout: Option<u64>,
+    /// Run an OCI image instead of staging files: an image archive (an OCI image layout or
+    /// `docker save` tar, uploaded to the image store under the app's name), an image of the
+    /// store by name or digest, or `host[:port]/repo:tag` of a registry the controller may pull
+    /// from.
+    #[arg(long = "docker-image", value_name = "ARCHIVE|IMAGE")]
+    pub docker_image: Option<String>,
 }
 
 /// Runs `kiln push`.
@@ -93,14 +99,28 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
         "Pushing app {} to org {org} / space {space_name} as {user}...",
         p.name
     ));
-    let files = ignore::files(&p.path)?;
+    let files = match p.docker_image {
+        Some(_) => Vec::new(),
+        None => ignore::files(&p.path)?,
+    };
     let space = client.space_guid()?;
-    let lifecycle =
-        json!({"type": "buildpack", "data": {"buildpacks": p.buildpacks, "stack": p.stack}});
+    let lifecycle = match p.docker_image {
+        Some(_) => json!({"type": "docker", "data": {}}),
+        None => {
+            json!({"type": "buildpack", "data": {"buildpacks": p.buildpacks, "stack": p.stack}})
+        }
+    };
     let app = match client.find_app(&p.name).await? {
         Some(app) => {
             out.say(format!("Updating app {}...", p.name));
-            if !p.buildpacks.is_empty() || p.stack.is_some() {
+            if p.docker_image.is_some() {
+                client
+                    .patch(
+                        &format!("/v3/apps/{}", s(&app, "guid")),
+                        &json!({ "lifecycle": lifecycle }),
+                    )
+                    .await?
+            } else if !p.buildpacks.is_empty() || p.stack.is_some() {
                 let mut data = serde_json::Map::new();
                 if !p.buildpacks.is_empty() {
                     data.insert("buildpacks".into(), json!(p.buildpacks));
@@ -133,29 +153,13 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
     }
     routes::map(client, p, &guid, &space, out).await?;
     set_processes(client, &guid, p, true).await?;
-    let package = client
-        .post(
-            "/v3/packages",
-            &json!({"type": "bits", "relationships": {"app": {"data": {"guid": guid}}}}),
-        )
-        .await?;
-    let package = s(&package, "guid");
-    out.say(format!("Uploading files ({} files)...", files.len()));
-    let up = upload::upload(client, &package, &files, !out.json).await?;
-    out.say(format!(
-        "   {} files matched, {} files uploaded ({} bytes zipped)",
-        up.matched, up.sent, up.zip_bytes
-    ));
-    if p.no_start {
-        out.say(format!(
-            "App {} uploaded; not staged or started (--no-start).",
-            p.name
-        ));
-        if out.json {
-            out.json(&json!({"app": app, "package": {"guid": package}, "matched": up.matched, "uploaded": up.sent, "zip_bytes": up.zip_bytes}));
-        }
+    let package = match &p.docker_image {
+        Some(image) => docker_package(client, &app, image, p, out).await?,
+        None => bits_package(client, &app, &files, p, out).await?,
+    };
+    let Some(package) = package else {
         return Ok(());
-    }
+    };
     let droplet = lifecycle::stage(client, &guid, &package, out).await?;
     client
         .patch(
@@ -192,6 +196,82 @@ async fn push_one(client: &mut Client, p: &Plan, out: Out) -> anyhow::Result<()>
         println!("\nApp URL: {}", lifecycle::app_url(client, url).await);
     }
     Ok(())
+}
+
+/// The bits package of app `guid`: `files` uploaded (only those the controller lacks). None
+/// with `--no-start`.
+async fn bits_package(
+    client: &mut Client,
+    app: &serde_json::Value,
+    files: &[ignore::AppFile],
+    p: &Plan,
+    out: Out,
+) -> anyhow::Result<Option<String>> {
+    let guid = s(app, "guid");
+    let package = client
+        .post(
+            "/v3/packages",
+            &json!({"type": "bits", "relationships": {"app": {"data": {"guid": guid}}}}),
+        )
+        .await?;
+    let package = s(&package, "guid");
+    out.say(format!("Uploading files ({} files)...", files.len()));
+    let up = upload::upload(client, &package, files, !out.json).await?;
+    out.say(format!(
+        "   {} files matched, {} files uploaded ({} bytes zipped)",
+        up.matched, up.sent, up.zip_bytes
+    ));
+    if p.no_start {
+        out.say(format!(
+            "App {} uploaded; not staged or started (--no-start).",
+            p.name
+        ));
+        if out.json {
+            out.json(&json!({"app": app, "package": {"guid": package}, "matched": up.matched, "uploaded": up.sent, "zip_bytes": up.zip_bytes}));
+        }
+        return Ok(None);
+    }
+    Ok(Some(package))
+}
+
+/// The docker package of app `guid` running `image`: an archive on disk is uploaded to the
+/// image store first (unnamed: the package names it by digest, and no name another app's
+/// Dockerfile uses moves); anything else is an image reference the controller resolves (the
+/// store, or a registry it may pull from). None with `--no-start`.
+async fn docker_package(
+    client: &mut Client,
+    app: &serde_json::Value,
+    image: &str,
+    p: &Plan,
+    out: Out,
+) -> anyhow::Result<Option<String>> {
+    let guid = s(app, "guid");
+    let path = std::path::Path::new(image);
+    let reference = if path.is_file() {
+        let uploaded = crate::commands::images::upload(client, path, None, out).await?;
+        s(&uploaded, "digest")
+    } else {
+        image.to_string()
+    };
+    out.say(format!("Using image {reference}"));
+    let package = client
+        .post(
+            "/v3/packages",
+            &json!({"type": "docker", "data": {"image": reference}, "relationships": {"app": {"data": {"guid": guid}}}}),
+        )
+        .await?;
+    let package = s(&package, "guid");
+    if p.no_start {
+        out.say(format!(
+            "App {} created with image {reference}; not staged or started (--no-start).",
+            p.name
+        ));
+        if out.json {
+            out.json(&json!({"app": app, "package": {"guid": package}, "image": reference}));
+        }
+        return Ok(None);
+    }
+    Ok(Some(package))
 }
 
 /// Sets the command and health check of the app's processes from the plan: `web` (which

@@ -38,6 +38,9 @@ pub struct Plan {
     pub updates: Vec<(String, Value)>,
     /// Seconds to wait for instances.
     pub timeout: u64,
+    /// Run this image (an archive, a store image or a registry reference) instead of
+    /// staging the folder.
+    pub docker_image: Option<String>,
 }
 
 /// The manifest to read: `-f`, else `manifest.yml` of the app folder or `.`.
@@ -71,6 +74,7 @@ fn overrides(args: &Args) -> bool {
         || args.instances.is_some()
         || args.command.is_some()
         || args.hostname.is_some()
+        || args.docker_image.is_some()
 }
 
 /// The plans of `args`.
@@ -123,7 +127,11 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
         (None, Some(p)) => base.join(p),
         (None, None) => base.to_path_buf(),
     };
-    if !path.is_dir() {
+    let docker_image = args
+        .docker_image
+        .clone()
+        .or(a.docker.as_ref().map(|d| d.image.clone()));
+    if docker_image.is_none() && !path.is_dir() {
         anyhow::bail!(
             "the app path {} does not exist or is not a folder",
             path.display()
@@ -136,6 +144,18 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
     };
     if buildpacks.is_empty() {
         buildpacks.extend(a.buildpack.clone());
+    }
+    let stack = args.stack.clone().or(a.stack.clone());
+    if docker_image.is_some() {
+        if !buildpacks.is_empty() {
+            anyhow::bail!("--docker-image runs an image: buildpacks (-b) do not apply");
+        }
+        if stack.as_deref().is_some_and(|s| s != "docker") {
+            anyhow::bail!("--docker-image runs an image on no stack: drop -s");
+        }
+        if args.path.is_some() {
+            anyhow::bail!("--docker-image runs an image: there are no files to push (-p)");
+        }
     }
     let size = |flag: &Option<String>, m: Option<u64>| -> anyhow::Result<Option<u64>> {
         match flag {
@@ -208,7 +228,7 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
         name: a.name.clone(),
         path,
         buildpacks,
-        stack: args.stack.clone().or(a.stack.clone()),
+        stack,
         env: a
             .env
             .iter()
@@ -222,6 +242,7 @@ fn plan(args: &Args, a: AppManifest, base: &Path) -> anyhow::Result<Plan> {
         scales,
         updates,
         timeout: args.timeout.or(a.timeout).unwrap_or(180),
+        docker_image,
     })
 }
 

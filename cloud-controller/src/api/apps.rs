@@ -62,7 +62,11 @@ fn app_json(s: &AppState, a: &AppRow) -> Value {
     let g = &a.guid;
     json!({
         "guid": g, "name": a.name, "state": a.state, "created_at": a.created_at, "updated_at": a.updated_at,
-        "lifecycle": {"type": "buildpack", "data": {"buildpacks": a.buildpack_list(), "stack": a.stack}},
+        "lifecycle": if a.stack == kiln_bus::DOCKER_STACK {
+            json!({"type": "docker", "data": {}})
+        } else {
+            json!({"type": "buildpack", "data": {"buildpacks": a.buildpack_list(), "stack": a.stack}})
+        },
         "relationships": {"space": {"data": {"guid": a.space_guid}}},
         "metadata": {"labels": {}, "annotations": {}},
         "links": {
@@ -128,11 +132,20 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_lifecycle(l: &Option<Lifecycle>) -> ApiResult<()> {
+/// Checks the lifecycle; a `docker` one (an app that runs an image: `kiln push
+/// --docker-image`) becomes the `docker` stack with no buildpacks.
+fn check_lifecycle(l: &mut Option<Lifecycle>) -> ApiResult<()> {
     match l.as_ref().and_then(|l| l.kind.as_deref()) {
         None | Some("buildpack") => Ok(()),
+        Some("docker") => {
+            if let Some(l) = l.as_mut() {
+                l.data.stack = Some(kiln_bus::DOCKER_STACK.to_string());
+                l.data.buildpacks = Some(Vec::new());
+            }
+            Ok(())
+        }
         Some(other) => Err(ApiError::Unprocessable(format!(
-            "Lifecycle type must be buildpack (got `{other}`)"
+            "Lifecycle type must be buildpack or docker (got `{other}`)"
         ))),
     }
 }
@@ -164,7 +177,8 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateApp>,
 ) -> ApiResult<impl IntoResponse> {
     check_name(&body.name)?;
-    check_lifecycle(&body.lifecycle)?;
+    let mut body = body;
+    check_lifecycle(&mut body.lifecycle)?;
     check_env(&body.environment_variables)?;
     let space = body.relationships.space.data.guid;
     let exists: Option<(String,)> = sqlx::query_as("SELECT guid FROM spaces WHERE guid = $1")
@@ -322,7 +336,8 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateApp>,
 ) -> ApiResult<Json<Value>> {
     let app = find(&s, &guid).await?;
-    check_lifecycle(&body.lifecycle)?;
+    let mut body = body;
+    check_lifecycle(&mut body.lifecycle)?;
     let name = body.name.unwrap_or(app.name.clone());
     check_name(&name)?;
     let data = body.lifecycle.map(|l| l.data).unwrap_or_default();

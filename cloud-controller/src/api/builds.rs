@@ -105,10 +105,13 @@ pub async fn create(
             )
         })?;
     if package.kind == "docker" {
-        return Err(ApiError::Unprocessable(format!(
-            "Staging a docker package (image {}) is not available yet: Kiln runs buildpack droplets only for now",
-            package.image.as_deref().unwrap_or("?")
-        )));
+        let app = super::apps::find(&s, &package.app_guid).await?;
+        let guid = super::image_builds::create(&s, &user, &package, &app).await?;
+        audit_create(&s, &user, &app, &guid, &package.guid).await;
+        return Ok((
+            StatusCode::CREATED,
+            Json(build_json(&s, &find(&s, &guid).await?)),
+        ));
     }
     if package.state != "READY" {
         return Err(ApiError::Unprocessable(format!(
@@ -128,6 +131,12 @@ pub async fn create(
     let stack = data.stack.unwrap_or(app.stack.clone());
     super::stacks::check_known(&s, &stack).await?;
     let buildpacks = data.buildpacks.unwrap_or_else(|| app.buildpack_list());
+    if stack == kiln_bus::DOCKER_STACK && !buildpacks.is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "Stack '{stack}' builds the app's Dockerfile and runs no buildpacks (got {}): drop -b or choose another stack",
+            buildpacks.join(", ")
+        )));
+    }
     // Refused here, before there is a build, when a named buildpack cannot be used.
     let buildpack_refs = super::buildpacks::refs_for(&s, &buildpacks, &stack).await?;
     let (guid, t) = (new_guid(), now());
@@ -145,21 +154,31 @@ pub async fn create(
     .execute(&s.db)
     .await?;
     let build = find(&s, &guid).await?;
-    let event = serde_json::json!({"build_guid": guid, "package_guid": package.guid});
-    crate::audit::record(
-        &s,
-        "audit.app.build.create",
-        crate::audit::Actor::User(&user),
-        crate::audit::app(&app.guid, &app.name),
-        Some(&app.space_guid),
-        event,
-    )
-    .await;
+    audit_create(&s, &user, &app, &guid, &package.guid).await;
     crate::staging::request(&s, &build, &app, buildpack_refs).await?;
     Ok((
         StatusCode::CREATED,
         Json(build_json(&s, &find(&s, &guid).await?)),
     ))
+}
+
+/// The `audit.app.build.create` event of build `guid` of `package`.
+async fn audit_create(
+    s: &AppState,
+    user: &User,
+    app: &super::apps::AppRow,
+    guid: &str,
+    package: &str,
+) {
+    crate::audit::record(
+        s,
+        "audit.app.build.create",
+        crate::audit::Actor::User(user),
+        crate::audit::app(&app.guid, &app.name),
+        Some(&app.space_guid),
+        serde_json::json!({"build_guid": guid, "package_guid": package}),
+    )
+    .await;
 }
 
 pub async fn get(
@@ -236,9 +255,11 @@ pub struct DropletRow {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// An image droplet's manifest digest (an image of the store); None: a buildpack droplet.
+    pub image_digest: Option<String>,
 }
 
-const DROPLET_COLUMNS: &str = "guid, app_guid, package_guid, state, sha256, size, detected_buildpack, buildpacks, process_types, start_command, stack, error, created_at, updated_at";
+const DROPLET_COLUMNS: &str = "guid, app_guid, package_guid, state, sha256, size, detected_buildpack, buildpacks, process_types, start_command, stack, error, created_at, updated_at, image_digest";
 
 /// The droplet `guid`, or 404.
 pub async fn find_droplet(s: &AppState, guid: &str) -> ApiResult<DropletRow> {
@@ -258,13 +279,13 @@ fn droplet_json(s: &AppState, d: &DropletRow) -> Value {
     let g = &d.guid;
     json!({
         "guid": g, "state": d.state, "error": d.error, "created_at": d.created_at, "updated_at": d.updated_at,
-        "lifecycle": {"type": "buildpack", "data": {}},
+        "lifecycle": {"type": if d.image_digest.is_some() { "docker" } else { "buildpack" }, "data": {}},
         "execution_metadata": "",
         "process_types": process_types,
         "checksum": d.sha256.as_ref().map(|v| json!({"type": "sha256", "value": v})),
         "buildpacks": buildpacks.iter().map(|b| json!({"name": b, "buildpack_name": b, "detect_output": d.detected_buildpack, "version": null})).collect::<Vec<_>>(),
         "stack": d.stack,
-        "image": null,
+        "image": d.image_digest,
         "relationships": {"app": {"data": {"guid": d.app_guid}}},
         "metadata": {"labels": {}, "annotations": {}},
         "links": {

@@ -77,9 +77,75 @@ fn unprocessable(detail: String) -> ExecError {
 }
 
 /// The instance a command goes to.
-struct Target {
-    instance_guid: String,
-    cell_id: String,
+pub(crate) struct Target {
+    pub(crate) instance_guid: String,
+    pub(crate) cell_id: String,
+}
+
+/// A command's instance, found and audited: the process type and index, and where the
+/// instance runs.
+pub(crate) struct Resolved {
+    pub(crate) kind: String,
+    pub(crate) index: u32,
+    pub(crate) target: Target,
+}
+
+/// Finds instance `index` of process `guid` for `user` and records the `audit.app.ssh`
+/// event; 404 for an unknown process, 422 for an index out of range or an instance that is
+/// not running.
+pub(crate) async fn resolve(
+    s: &AppState,
+    user: &User,
+    guid: &str,
+    index: &str,
+    session: bool,
+) -> Result<Resolved, ExecError> {
+    let process: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT app_guid, kind, instances FROM processes WHERE guid = $1")
+            .bind(guid)
+            .fetch_optional(&s.db)
+            .await?;
+    let (app_guid, kind, instances) = process.ok_or(ApiError::NotFound("Process"))?;
+    let app = super::apps::find(s, &app_guid).await?;
+    let range = match instances {
+        0 => format!("process {kind} has no instances"),
+        1 => format!("process {kind} has 1 instance (index 0)"),
+        n => format!("process {kind} has {n} instances (indexes 0-{})", n - 1),
+    };
+    let index: u32 = match index.parse() {
+        Ok(i) if i64::from(i) < instances => i,
+        _ => {
+            return Err(unprocessable(format!(
+                "Instance index {index} is out of range: {range}"
+            )))
+        }
+    };
+    let target = find_instance(s, guid, index, &kind, &app.state)?;
+    let data = json!({
+        "process_type": kind,
+        "index": index,
+        "instance_guid": target.instance_guid,
+        "cell_id": target.cell_id,
+        "session": session,
+    });
+    audit::record(
+        s,
+        "audit.app.ssh",
+        Actor::User(user),
+        audit::app(&app.guid, &app.name),
+        Some(&app.space_guid),
+        data,
+    )
+    .await;
+    tracing::info!(
+        app = %app.guid, process = %guid, index, instance = %target.instance_guid,
+        cell = %target.cell_id, user = %user.name, session, "exec.requested"
+    );
+    Ok(Resolved {
+        kind,
+        index,
+        target,
+    })
 }
 
 /// `POST /v3/processes/:guid/instances/:index/exec`: 200 `{exit_code, stdout, stderr,
@@ -94,13 +160,6 @@ pub async fn exec(
     Path((guid, index)): Path<(String, String)>,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Json<Value>, ExecError> {
-    let process: Option<(String, String, i64)> =
-        sqlx::query_as("SELECT app_guid, kind, instances FROM processes WHERE guid = $1")
-            .bind(&guid)
-            .fetch_optional(&s.db)
-            .await?;
-    let (app_guid, kind, instances) = process.ok_or(ApiError::NotFound("Process"))?;
-    let app = super::apps::find(&s, &app_guid).await?;
     if body
         .command
         .first()
@@ -116,45 +175,16 @@ pub async fn exec(
             "Timeout secs must be between 1 and {EXEC_MAX_TIMEOUT_SECS}"
         )));
     }
-    let range = match instances {
-        0 => format!("process {kind} has no instances"),
-        1 => format!("process {kind} has 1 instance (index 0)"),
-        n => format!("process {kind} has {n} instances (indexes 0-{})", n - 1),
-    };
-    let index: u32 = match index.parse() {
-        Ok(i) if i64::from(i) < instances => i,
-        _ => {
-            return Err(unprocessable(format!(
-                "Instance index {index} is out of range: {range}"
-            )))
-        }
-    };
-    let target = find_instance(&s, &guid, index, &kind, &app.state)?;
-
-    let data = json!({
-        "process_type": kind,
-        "index": index,
-        "instance_guid": target.instance_guid,
-        "cell_id": target.cell_id,
-    });
-    audit::record(
-        &s,
-        "audit.app.ssh",
-        Actor::User(&user),
-        audit::app(&app.guid, &app.name),
-        Some(&app.space_guid),
-        data,
-    )
-    .await;
-    tracing::info!(
-        app = %app.guid, process = %guid, index, instance = %target.instance_guid,
-        cell = %target.cell_id, user = %user.name, "exec.requested"
-    );
-
+    let Resolved {
+        kind,
+        index,
+        target,
+    } = resolve(&s, &user, &guid, &index, false).await?;
     let request = InstanceExec {
         instance_guid: target.instance_guid.clone(),
         command: body.command,
         timeout_secs,
+        session: None,
     };
     let wait = timeout_secs + ANSWER_SLACK_SECS;
     let answer = s
@@ -167,24 +197,7 @@ pub async fn exec(
         )
         .await;
     let cell_id = &target.cell_id;
-    let answer = match answer {
-        Ok(answer) => answer,
-        Err(e) => {
-            use async_nats::client::RequestErrorKind as Kind;
-            return Err(match e.kind() {
-                Kind::TimedOut => {
-                    ExecError::Unavailable(format!("Cell {cell_id} did not answer within {wait} s"))
-                }
-                Kind::NoResponders => ExecError::Unavailable(format!(
-                    "Cell {cell_id} is not answering: it may have stopped"
-                )),
-                Kind::MaxPayloadExceeded => {
-                    unprocessable("The command is too long for the bus".into())
-                }
-                _ => ExecError::Api(ApiError::internal("asking a cell to run a command", e)),
-            });
-        }
-    };
+    let answer = answer.map_err(|e| unanswered(&e, cell_id, wait))?;
     let result: ExecResult = kiln_bus::decode(&answer.subject, &answer.payload)
         .map_err(|e| ApiError::internal("the answer of a cell to a command", e))?;
     if let (Some(why), None, false) = (&result.error, result.exit_code, result.timed_out) {
@@ -200,6 +213,21 @@ pub async fn exec(
         "timed_out": result.timed_out,
         "error": result.error,
     })))
+}
+
+/// Why a cell did not answer a request.
+pub(crate) fn unanswered(e: &async_nats::RequestError, cell_id: &str, wait: u64) -> ExecError {
+    use async_nats::client::RequestErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut => {
+            ExecError::Unavailable(format!("Cell {cell_id} did not answer within {wait} s"))
+        }
+        Kind::NoResponders => ExecError::Unavailable(format!(
+            "Cell {cell_id} is not answering: it may have stopped"
+        )),
+        Kind::MaxPayloadExceeded => unprocessable("The command is too long for the bus".into()),
+        _ => ExecError::Api(ApiError::internal("asking a cell to run a command", e)),
+    }
 }
 
 /// The instance `index` of process `guid` that runs (RUNNING first, then STARTING, one not

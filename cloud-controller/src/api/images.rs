@@ -32,9 +32,9 @@ pub(crate) struct ImageRow {
     pub(crate) guid: String,
     pub(crate) name: Option<String>,
     pub(crate) digest: Option<String>,
-    sha256: String,
-    size: i64,
-    config: String,
+    pub(crate) sha256: String,
+    pub(crate) size: i64,
+    pub(crate) config: String,
     created_at: String,
     updated_at: String,
 }
@@ -105,60 +105,14 @@ pub async fn create(
             BlobError::Source(m) => ApiError::BadRequest(format!("reading the upload: {m}")),
             other => ApiError::internal("storing an image archive", other),
         })?;
-    // Recorded at once (the blob collector keeps what a row names), READY once checked.
-    let guid = new_guid();
-    let t = now();
-    sqlx::query(
-        "INSERT INTO images (guid, name, digest, sha256, size, config, state, created_at, updated_at) VALUES ($1, NULL, NULL, $2, $3, '{}', 'PROCESSING', $4, $5)",
-    )
-    .bind(&guid)
-    .bind(&blob.sha256)
-    .bind(i64::try_from(blob.size).unwrap_or(i64::MAX))
-    .bind(&t)
-    .bind(&t)
-    .execute(&s.db)
-    .await?;
-    let checked = check_archive(&s, &blob.sha256, name.as_deref()).await;
-    let checked = match checked {
-        Ok(checked) => checked,
-        Err(e) => {
-            sqlx::query("DELETE FROM images WHERE guid = $1")
-                .bind(&guid)
-                .execute(&s.db)
-                .await?;
-            return Err(e);
-        }
+    let (row, created) = register(&s, &blob.sha256, blob.size, name.as_deref()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    let existing = find_by_digest(&s, &checked.digest).await?;
-    let (row, status) = match existing {
-        Some(old) => {
-            sqlx::query("DELETE FROM images WHERE guid = $1")
-                .bind(&guid)
-                .execute(&s.db)
-                .await?;
-            if let Some(name) = &name {
-                set_name(&s, &old.guid, name).await?;
-            }
-            (find(&s, &old.guid).await?, StatusCode::OK)
-        }
-        None => {
-            if let Some(name) = &name {
-                release_name(&s, name).await?;
-            }
-            sqlx::query(
-                "UPDATE images SET name = $1, digest = $2, config = $3, state = 'READY', updated_at = $4 WHERE guid = $5",
-            )
-            .bind(&name)
-            .bind(&checked.digest)
-            .bind(checked.config.to_string())
-            .bind(now())
-            .bind(&guid)
-            .execute(&s.db)
-            .await?;
-            (find(&s, &guid).await?, StatusCode::CREATED)
-        }
-    };
-    let shown = row.name.clone().unwrap_or_else(|| checked.digest.clone());
+    let digest = row.digest.clone().unwrap_or_default();
+    let shown = row.name.clone().unwrap_or_else(|| digest.clone());
     audit::record(
         &s,
         "audit.image.create",
@@ -169,10 +123,76 @@ pub async fn create(
             name: &shown,
         },
         None,
-        json!({"digest": checked.digest, "size": blob.size}),
+        json!({"digest": digest, "size": blob.size}),
     )
     .await;
     Ok((status, Json(image_json(&s, &row))).into_response())
+}
+
+/// Records the archive in blob `sha256` (`size` bytes) as an image once it is checked: the
+/// READY image, and whether it is new (false: the store had that manifest digest already, and
+/// `name`, if given, moves to it). An archive that holds no image, or a corrupt one, is a 422
+/// that records nothing.
+pub(crate) async fn register(
+    s: &AppState,
+    sha256: &str,
+    size: u64,
+    name: Option<&str>,
+) -> ApiResult<(ImageRow, bool)> {
+    // Recorded at once (the blob collector keeps what a row names), READY once checked.
+    let guid = new_guid();
+    let t = now();
+    sqlx::query(
+        "INSERT INTO images (guid, name, digest, sha256, size, config, state, created_at, updated_at) VALUES ($1, NULL, NULL, $2, $3, '{}', 'PROCESSING', $4, $5)",
+    )
+    .bind(&guid)
+    .bind(sha256)
+    .bind(i64::try_from(size).unwrap_or(i64::MAX))
+    .bind(&t)
+    .bind(&t)
+    .execute(&s.db)
+    .await?;
+    let checked = check_archive(s, sha256, name).await;
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            sqlx::query("DELETE FROM images WHERE guid = $1")
+                .bind(&guid)
+                .execute(&s.db)
+                .await?;
+            return Err(e);
+        }
+    };
+    let existing = find_by_digest(s, &checked.digest).await?;
+    let (row, created) = match existing {
+        Some(old) => {
+            sqlx::query("DELETE FROM images WHERE guid = $1")
+                .bind(&guid)
+                .execute(&s.db)
+                .await?;
+            if let Some(name) = name {
+                set_name(s, &old.guid, name).await?;
+            }
+            (find(s, &old.guid).await?, false)
+        }
+        None => {
+            if let Some(name) = name {
+                release_name(s, name).await?;
+            }
+            sqlx::query(
+                "UPDATE images SET name = $1, digest = $2, config = $3, state = 'READY', updated_at = $4 WHERE guid = $5",
+            )
+            .bind(name)
+            .bind(&checked.digest)
+            .bind(checked.config.to_string())
+            .bind(now())
+            .bind(&guid)
+            .execute(&s.db)
+            .await?;
+            (find(s, &guid).await?, true)
+        }
+    };
+    Ok((row, created))
 }
 
 /// A name points at one image: the one it was given last.

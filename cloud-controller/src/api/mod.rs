@@ -8,7 +8,8 @@ mod cells;
 mod config;
 mod events;
 mod exec;
-mod images;
+pub(crate) mod image_builds;
+pub(crate) mod images;
 mod internal;
 mod listing;
 mod logs;
@@ -21,6 +22,7 @@ pub mod resource_pool;
 mod root;
 pub mod routes;
 mod spaces;
+mod ssh;
 pub mod stacks;
 
 use axum::extract::rejection::JsonRejection;
@@ -91,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             "/v3/processes/{guid}/instances/{index}/exec",
             post(exec::exec),
         )
+        .route("/v3/processes/{guid}/instances/{index}/ssh", get(ssh::ssh))
         .route("/v3/cells", get(cells::list))
         .route("/v3/cells/{id}", get(cells::get))
         .route("/v3/cells/{id}/actions/drain", post(cells::drain))

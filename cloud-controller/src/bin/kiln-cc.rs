@@ -62,6 +62,16 @@ struct Args {
     /// The smallest file kept in the resource pool (matched by `resource_matches`), in bytes.
     #[arg(long, env = "KILN_CC_RESOURCE_POOL_MIN_BYTES", default_value_t = 1)]
     resource_pool_min_bytes: u64,
+    /// A registry `kiln push --docker-image HOST/REPO:TAG` may pull from:
+    /// `https://[user:password@]host[:port]`, or `http://...` for plain HTTP (loopback or a
+    /// trusted network). Repeat the flag; none: images come from the image store only.
+    #[arg(
+        long = "registry",
+        env = "KILN_CC_REGISTRIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    registries: Vec<kiln_cloud_controller::config::RegistryAccess>,
 }
 
 #[tokio::main]
@@ -89,6 +99,7 @@ async fn main() -> Result<()> {
     }
     config.resource_pool_min_bytes = args.resource_pool_min_bytes;
     config.blob_gc_interval_secs = args.blob_gc_interval_secs;
+    config.registries = args.registries;
     if !args.stacks.is_empty() {
         config.stacks = args
             .stacks

@@ -191,7 +191,7 @@ fn converge_process(
     actions: &mut Actions,
 ) {
     let need = Need {
-        stack: &p.stack,
+        stack: if p.image.is_some() { "" } else { &p.stack },
         memory_mb: p.memory_mb,
         disk_mb: p.disk_mb,
     };
@@ -222,12 +222,13 @@ fn converge_process(
             if inner.crashes.get(&key).is_some_and(|c| !c.restart_due(now)) {
                 continue;
             }
-            let command = match &p.command {
-                Ok(c) => c.clone(),
-                Err(why) => {
+            let command = match (&p.command, &p.image) {
+                (_, Some((_, Err(why)))) | (Err(why), None) => {
                     unplaceable = Some(why.clone());
                     continue;
                 }
+                (Ok(c), _) => c.clone(),
+                (Err(_), Some((_, Ok(image)))) => image.command.join(" "),
             };
             match placement::place(candidates, &need) {
                 Ok(i) => {
@@ -323,11 +324,18 @@ fn start_message(
         index,
         instance_guid: new_guid(),
         droplet_guid: p.droplet_guid.clone(),
-        droplet_url: format!(
-            "{internal_url}/internal/v1/droplets/{}/download",
-            p.droplet_guid
-        ),
-        droplet_sha256: p.droplet_sha256.clone(),
+        // An image droplet is fetched as its image (`stack_image`), not as a droplet.
+        droplet_url: match p.image {
+            Some(_) => String::new(),
+            None => format!(
+                "{internal_url}/internal/v1/droplets/{}/download",
+                p.droplet_guid
+            ),
+        },
+        droplet_sha256: match p.image {
+            Some(_) => String::new(),
+            None => p.droplet_sha256.clone(),
+        },
         stack: p.stack.clone(),
         memory_mb: p.memory_mb,
         disk_mb: p.disk_mb,
@@ -340,9 +348,18 @@ fn start_message(
             invocation_timeout_secs: p.health_check_invocation_timeout,
         },
         routes: p.routes.clone(),
-        stack_image: p.stack_image.as_ref().map(|digest| StackImageRef {
-            digest: digest.clone(),
-            url: format!("{internal_url}/internal/v1/images/{digest}/archive"),
-        }),
+        stack_image: p
+            .image
+            .as_ref()
+            .map(|(digest, _)| digest)
+            .or(p.stack_image.as_ref())
+            .map(|digest| StackImageRef {
+                digest: digest.clone(),
+                url: format!("{internal_url}/internal/v1/images/{digest}/archive"),
+            }),
+        image: p
+            .image
+            .as_ref()
+            .and_then(|(_, process)| process.as_ref().ok().cloned()),
     }
 }

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use kiln_bus::cell::ImageProcess;
+
 use crate::db::Db;
+use crate::image_process;
 
 /// A process that should run `instances` instances.
 #[derive(Debug, Clone)]
@@ -49,6 +52,9 @@ pub struct DesiredProcess {
     pub stack_image: Option<String>,
     /// The routes of this app and process type (`host.domain/path`).
     pub routes: Vec<String>,
+    /// An image droplet: its manifest digest and how its instances run (or why they cannot).
+    /// None: a buildpack droplet on `stack`.
+    pub image: Option<(String, Result<ImageProcess, String>)>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -75,16 +81,20 @@ struct Row {
     stack_image: Option<String>,
     process_types: String,
     start_command: Option<String>,
+    image_digest: Option<String>,
+    image_config: Option<String>,
 }
 
 const QUERY: &str = "SELECT p.guid, p.kind, p.version, p.command, p.instances, p.memory_mb, p.disk_mb, p.health_check_type,
         p.user_command, p.health_check_endpoint, p.health_check_timeout, p.health_check_invocation_timeout,
         a.guid AS app_guid, a.name AS app_name, a.space_guid, a.env,
-        d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, st.image_digest AS stack_image, d.process_types, d.start_command
+        d.guid AS droplet_guid, d.sha256 AS droplet_sha256, d.stack, st.image_digest AS stack_image, d.process_types, d.start_command,
+        d.image_digest, i.config AS image_config
     FROM processes p
     JOIN apps a ON a.guid = p.app_guid
     JOIN droplets d ON d.guid = a.droplet_guid
     LEFT JOIN stacks st ON st.name = d.stack
+    LEFT JOIN images i ON i.digest = d.image_digest AND i.state = 'READY'
     WHERE a.state = 'STARTED' AND d.state = 'STAGED' AND p.instances > 0";
 
 const ROUTES: &str = "SELECT rd.app_guid, rd.process_type, r.host, r.path, dm.name
@@ -126,13 +136,27 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
                         r.kind
                     )
                 });
+            // An image droplet runs its image (no stack, no stack image): the process's own
+            // command if it has one, else the image's.
+            let image = r.image_digest.clone().map(|digest| {
+                let process = match &r.image_config {
+                    Some(config) => {
+                        let config = serde_json::from_str(config).unwrap_or_default();
+                        let own = r.user_command.as_deref().filter(|c| !c.trim().is_empty());
+                        image_process::process(&config, own)
+                    }
+                    None => Err(format!("the droplet's image {digest} is not in the image store")),
+                };
+                (digest, process)
+            });
+            let stack_image = r.stack_image.filter(|_| image.is_none());
             let routes = by_process
                 .remove(&(r.app_guid.clone(), r.kind.clone()))
                 .unwrap_or_default();
             let p = DesiredProcess {
                 guid: r.guid.clone(),
                 kind: r.kind,
-                version: match &r.stack_image {
+                version: match &stack_image {
                     Some(image) => format!("{}+{image}", r.version),
                     None => r.version,
                 },
@@ -153,8 +177,9 @@ pub async fn load(db: &Db) -> Result<HashMap<String, DesiredProcess>, sqlx::Erro
                 droplet_guid: r.droplet_guid,
                 droplet_sha256: r.droplet_sha256.unwrap_or_default(),
                 stack: r.stack,
-                stack_image: r.stack_image,
+                stack_image,
                 routes,
+                image,
             };
             (r.guid, p)
         })

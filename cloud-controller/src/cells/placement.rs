@@ -11,7 +11,7 @@ use kiln_bus::cell::CellState;
 /// What an instance needs.
 #[derive(Debug, Clone)]
 pub struct Need<'a> {
-    /// Its stack.
+    /// Its stack; empty: any cell (an image droplet brings its own filesystem).
     pub stack: &'a str,
     /// Memory, MiB.
     pub memory_mb: u64,
@@ -88,7 +88,7 @@ pub fn place(cells: &[Candidate], need: &Need) -> Result<usize, NoPlacement> {
     let with_stack: Vec<(usize, &Candidate)> = live
         .iter()
         .copied()
-        .filter(|(_, c)| c.state.stacks.iter().any(|s| s == need.stack))
+        .filter(|(_, c)| need.stack.is_empty() || c.state.stacks.iter().any(|s| s == need.stack))
         .collect();
     if with_stack.is_empty() {
         let mut have: Vec<&str> = live

@@ -53,8 +53,45 @@ fn web(instances: u32, version: &str) -> HashMap<String, DesiredProcess> {
         stack: "tiny".into(),
         stack_image: None,
         routes: vec!["app.example.com".into()],
+        image: None,
     };
     HashMap::from([("p".to_string(), p)])
+}
+
+#[test]
+fn an_image_droplet_runs_its_image_on_any_cell() {
+    let mut inner = Inner::default();
+    inner.cells.insert("c1".into(), cell("c1"));
+    let mut desired = web(1, "v1");
+    let p = desired.get_mut("p").unwrap();
+    p.stack = kiln_bus::DOCKER_STACK.into();
+    p.stack_image = None;
+    let process = kiln_bus::cell::ImageProcess {
+        command: vec!["httpd".into()],
+        port: 5000,
+        ..Default::default()
+    };
+    p.image = Some(("sha256:abc".into(), Ok(process.clone())));
+    let a = plan(&mut inner, &desired, "http://cc", Instant::now());
+    assert_eq!(a.starts.len(), 1, "placed though no cell has stack docker");
+    let start = &a.starts[0].1;
+    assert_eq!(start.image.as_ref(), Some(&process));
+    let image = start.stack_image.as_ref().unwrap();
+    assert_eq!(image.digest, "sha256:abc");
+    assert_eq!(image.url, "http://cc/internal/v1/images/sha256:abc/archive");
+    assert!(start.droplet_url.is_empty() && start.droplet_sha256.is_empty());
+
+    // An image that cannot run says why, and nothing starts.
+    let mut inner = Inner::default();
+    inner.cells.insert("c1".into(), cell("c1"));
+    let p = desired.get_mut("p").unwrap();
+    p.image = Some(("sha256:abc".into(), Err("no command".into())));
+    let a = plan(&mut inner, &desired, "http://cc", Instant::now());
+    assert!(a.starts.is_empty());
+    assert_eq!(
+        inner.unplaceable.get("p").map(String::as_str),
+        Some("no command")
+    );
 }
 
 /// Marks every known instance as reported by its cell in `state`.

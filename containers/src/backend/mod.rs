@@ -6,6 +6,7 @@
 //! collide; the slow part of each operation runs outside it.
 
 mod audit;
+mod changes;
 mod create;
 mod process;
 mod recovery;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use kiln_rootfs::store::{StackImage, StackStore};
 use tracing::info;
 
+pub use changes::{convert_changes, ChangesSummary};
 pub use process::Process;
 pub use streams::StreamInOptions;
 
@@ -227,29 +229,28 @@ impl Backend {
 
     /// CPU time and memory from the container's cgroups, disk from its quota group.
     pub async fn metrics(&self, handle: &str) -> Result<ContainerMetrics> {
-        let record = self.inner.record(handle)?;
+        let mut all = self.metrics_of(vec![handle.to_string()]).await;
+        all.pop()
+            .map_or_else(|| Err(Error::NotFound(handle.to_string())), |(_, m)| m)
+    }
+
+    /// [`Backend::metrics`] of each of `handles`, read in one blocking task (a cell's
+    /// periodic report of all its containers costs one thread hand-off, not one each).
+    pub async fn metrics_of(
+        &self,
+        handles: Vec<String>,
+    ) -> Vec<(String, Result<ContainerMetrics>)> {
         let inner = self.inner.clone();
-        let handle = handle.to_string();
-        tokio::task::spawn_blocking(move || {
-            let cgroup = |controller: &str, file: &str| {
-                let path = Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(inner.cgroups_path(&handle).trim_start_matches('/'))
-                    .join(file);
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            Ok(ContainerMetrics {
-                cpu_time_ns: cgroup("cpuacct", "cpuacct.usage"),
-                memory_bytes: cgroup("memory", "memory.usage_in_bytes"),
-                memory_limit_bytes: record.spec.limits.memory_bytes,
-                disk_bytes: inner.volumes.disk_usage(&handle)?,
-                disk_limit_bytes: record.spec.limits.disk_bytes,
-            })
-        })
-        .await?
+        let read = tokio::task::spawn_blocking(move || {
+            handles
+                .into_iter()
+                .map(|handle| {
+                    let metrics = read_metrics(&inner, &handle);
+                    (handle, metrics)
+                })
+                .collect::<Vec<_>>()
+        });
+        read.await.unwrap_or_default()
     }
 
     /// What this backend can hold.
@@ -649,6 +650,28 @@ impl From<ContainerState> for &'static str {
 /// The store name of a stack image fetched by digest (`sha256-<hex>`: store names have no `:`).
 fn stack_image_name(digest: &str) -> String {
     digest.replace(':', "-")
+}
+
+/// The metrics of `handle`, read from the cgroup and volume files (blocking).
+fn read_metrics(inner: &Inner, handle: &str) -> Result<ContainerMetrics> {
+    let record = inner.record(handle)?;
+    let cgroup = |controller: &str, file: &str| {
+        let path = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(inner.cgroups_path(handle).trim_start_matches('/'))
+            .join(file);
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(ContainerMetrics {
+        cpu_time_ns: cgroup("cpuacct", "cpuacct.usage"),
+        memory_bytes: cgroup("memory", "memory.usage_in_bytes"),
+        memory_limit_bytes: record.spec.limits.memory_bytes,
+        disk_bytes: inner.volumes.disk_usage(handle)?,
+        disk_limit_bytes: record.spec.limits.disk_bytes,
+    })
 }
 
 #[cfg(test)]

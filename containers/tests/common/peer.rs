@@ -69,6 +69,40 @@ impl Peer {
         });
         ready_rx.recv().expect("listener ready");
     }
+
+    /// An HTTP/1.1 server on `port` inside the namespace that answers every request with
+    /// `200 OK` and what `body` holds at the time (one request per connection).
+    pub fn serve_http(&self, port: u16, body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        use std::io::Read;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        let address = self.address;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only; the fd is open.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "enter the peer's network namespace");
+            let listener = TcpListener::bind((address, port)).expect("bind in peer");
+            ready_tx.send(()).expect("ready");
+            for mut conn in listener.incoming().flatten() {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = body.lock().expect("body").clone();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        ready_rx.recv().expect("listener ready");
+    }
 }
 
 impl Drop for Peer {

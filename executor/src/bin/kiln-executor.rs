@@ -146,7 +146,13 @@ fn main_with(config: Config) -> Result<()> {
         bail!("kiln-executor runs containers and needs root");
     }
     let backend_config = config.backend_config();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Blocking threads (metrics, container operations) are kept between the periodic rounds
+    // instead of being made again each time.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(Duration::from_secs(120))
+        .build()
+        .context("starting the async runtime")?;
     let mut opened = false;
     let served = runtime.block_on(serve(config, &mut opened));
     // Tasks still holding the backend end here, so its data dir lock is free for clean-up.

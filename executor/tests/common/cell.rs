@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use kiln_bus::cell::{self, ExecResult, InstanceExec};
 use kiln_containers::Backend;
 use kiln_executor::{Config, Executor};
 
@@ -171,4 +172,25 @@ pub fn fail_clean_up(config: &kiln_containers::Config, note: &str, e: kiln_conta
     if !std::thread::panicking() {
         panic!("{message}");
     }
+}
+
+/// Asks the cell to run `command` in `instance`; its answer.
+pub async fn exec(c: &Cell, instance: &str, command: &[&str], timeout_secs: u64) -> ExecResult {
+    let request = InstanceExec {
+        instance_guid: instance.into(),
+        command: command.iter().map(|a| a.to_string()).collect(),
+        timeout_secs,
+        session: None,
+    };
+    let answer = c
+        .client
+        .send_request(
+            cell::exec_subject(&c.config.cell_id),
+            async_nats::Request::new()
+                .payload(kiln_bus::encode(&request).into())
+                .timeout(Some(Duration::from_secs(timeout_secs.max(1) + 10))),
+        )
+        .await
+        .expect("the cell answers");
+    kiln_bus::decode("exec reply", &answer.payload).expect("an ExecResult")
 }

@@ -26,8 +26,8 @@ pub const TOKEN: &str = "internal-secret";
 /// The test's configuration for index `index`.
 pub fn config(index: u8, dir: &Path, nats: &str) -> Config {
     assert!(
-        (60..=65).contains(&index),
-        "executor tests use indexes 60-65"
+        (60..=65).contains(&index) || index == 90,
+        "executor tests use indexes 60-65 and 90"
     );
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -175,6 +175,7 @@ pub fn start(app: &str, guid: &str, url: &str, sha: &str, command: &str) -> Inst
         health_check: HealthCheck::default(),
         routes: vec![format!("{app}.example.com")],
         stack_image: None,
+        image: None,
     }
 }
 
@@ -189,7 +190,9 @@ impl Recorder {
     pub async fn start(client: &async_nats::Client) -> Recorder {
         let recorder = Recorder::default();
         let mut sub = client.subscribe(">").await.expect("subscribe");
-        client.flush().await.expect("flush");
+        kiln_bus::round_trip(client, kiln_bus::ROUND_TRIP_TIMEOUT)
+            .await
+            .expect("subscribed");
         let seen = recorder.seen.clone();
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {

@@ -10,6 +10,7 @@
 //! Image archives (a tar of a layout, or a `docker save` archive) become a layout with
 //! [`layout_from_archive`].
 
+mod derive;
 mod docker_save;
 mod from_archive;
 mod read;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+pub use derive::{derive_layout, LayerFile};
 pub use from_archive::{layout_from_archive, ArchiveFormat, ArchiveLayout, ImageArchiveError};
 pub(crate) use read::{open_blob, read_manifest_digest, LayerCompression};
 pub use read::{read_image, LayoutImage};

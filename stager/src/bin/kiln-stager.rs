@@ -59,6 +59,10 @@ struct Args {
     /// `<data-dir>/buildpack-cache`).
     #[arg(long, env = "KILN_STAGER_BUILDPACK_CACHE")]
     buildpack_cache: Option<PathBuf>,
+    /// The layer cache of Dockerfile builds, kept across stagings (default:
+    /// `<data-dir>/dockerfile-cache`).
+    #[arg(long, env = "KILN_STAGER_DOCKERFILE_CACHE")]
+    dockerfile_cache: Option<PathBuf>,
     /// A file holding the internal credential for the controller's internal endpoints, sent
     /// as `Authorization: Bearer <token>` (never given to a staging container).
     #[arg(long, env = "KILN_STAGER_INTERNAL_TOKEN_FILE")]
@@ -222,6 +226,10 @@ async fn serve_with(args: &Args, backend: Backend, stop: CancellationToken) -> R
         .buildpack_cache
         .clone()
         .unwrap_or_else(|| args.data_dir.join("buildpack-cache"));
+    settings.dockerfile_cache = args
+        .dockerfile_cache
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("dockerfile-cache"));
     settings.grace = Duration::from_secs(args.shutdown_grace);
     let summary = service::run(client, backend, settings, stop.cancelled_owned())
         .await

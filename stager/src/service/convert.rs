@@ -187,6 +187,7 @@ pub(crate) fn staged(result: &StagingResult) -> StagedDroplet {
         buildpacks: result.buildpacks.clone(),
         process_types: result.process_types.clone(),
         start_command: result.start_command.clone(),
+        image_digest: None,
     }
 }
 
@@ -214,6 +215,7 @@ mod tests {
             start_command: Some(" ".into()),
             egress: vec![],
             stack_image: None,
+            images: vec![],
         }
     }
 

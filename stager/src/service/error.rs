@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::dockerfile::DockerfileError;
 use crate::error::StagingError;
 
 /// Why the service could not start or keep serving.
@@ -19,8 +20,8 @@ pub enum ServiceError {
         source: async_nats::SubscribeError,
     },
     /// The bus did not confirm the subscription.
-    #[error("flushing the connection to the bus: {0}")]
-    Flush(#[source] async_nats::client::FlushError),
+    #[error("confirming the subscription with the bus: {0}")]
+    RoundTrip(#[source] kiln_bus::RoundTripError),
     /// The subscription ended without the service being asked to stop (the client was closed).
     #[error("the subscription to {0} ended: the connection to the bus was closed")]
     SubscriptionEnded(&'static str),
@@ -127,6 +128,32 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// An image of the controller's image store a Dockerfile names could not be fetched or
+    /// imported.
+    #[error("the image `{name}` ({digest}): {message}")]
+    Image {
+        /// Its name in the controller's image store.
+        name: String,
+        /// Its manifest digest.
+        digest: String,
+        /// Why.
+        message: String,
+    },
+    /// A Dockerfile build was asked for (`--stack docker`) but the app has none.
+    #[error("the app has no Dockerfile at its root: push it with a Dockerfile or choose a buildpack stack (kiln stacks)")]
+    NoDockerfile,
+    /// The Dockerfile could not be built; the builder's message names the line.
+    #[error("building the Dockerfile: {0}")]
+    Dockerfile(#[from] DockerfileError),
+    /// The built image could not be packed into the droplet.
+    #[error("packing the image into the droplet {}: {source}", path.display())]
+    Pack {
+        /// The droplet file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The per-build work dir could not be made.
     #[error("creating a work dir in {}: {source}", path.display())]
     WorkDir {
@@ -200,11 +227,31 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    /// Cloud Foundry's staging exit code: the staging's own, 1 for everything else.
+    /// Cloud Foundry's staging exit code: the staging's own; for a Dockerfile build 223 when
+    /// the app's Dockerfile or a `RUN` failed (see [`DockerfileError::exit_code`]); 222 for
+    /// `--stack docker` without a Dockerfile; 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             BuildError::Staging(e) => e.exit_code(),
+            BuildError::Dockerfile(e) => e.exit_code(),
+            // As a buildpack staging that detects nothing to build.
+            BuildError::NoDockerfile => 222,
             _ => 1,
         }
     }
+}
+
+/// `e` and its causes, `: `-separated (a store error says which blob or entry, its cause why).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

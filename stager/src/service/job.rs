@@ -1,5 +1,5 @@
 //! One build: download the package (and the previous cache) and the admin buildpacks it
-//! names, stage it, upload the droplet
+//! names, stage it (or build its Dockerfile, see [`super::dockerfile`]), upload the droplet
 //! (and the new cache), publish the result. The log is published line by line as it is
 //! written, in order, and always before the result. The build's files live in a temp dir of
 //! their own, removed whatever happens (also when the build is abandoned at shutdown).
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::buildpacks;
 use super::convert::{self, Files};
-use super::error::BuildError;
+use super::error::{with_causes, BuildError};
 use super::server::{publish, Shared};
 use super::transfer::{shown_url, WorkDir};
 use crate::buildpack::builtin_names;
@@ -85,35 +85,56 @@ const STACK_IMAGE_LIMIT: u64 = 16 << 30;
 
 /// Makes sure the backend's stack store has `image`, downloading it from the controller's
 /// image store the first time.
-async fn stack_image(
+pub(super) async fn stack_image(
     shared: &Shared,
     image: &kiln_bus::StackImageRef,
     work: &WorkDir,
     log: &BuildLog,
 ) -> Result<(), BuildError> {
+    fetch_image(
+        shared,
+        image,
+        &format!("the stack image {}", image.digest),
+        &work.file("stack-image.tar"),
+        log,
+    )
+    .await
+    .map_err(|message| BuildError::StackImage {
+        digest: image.digest.clone(),
+        message,
+    })
+}
+
+/// Makes sure the backend's stack store has `image` (`what` names it in the log), downloading
+/// it to `archive` and importing it (every blob verified) the first time; the error is why not.
+pub(super) async fn fetch_image(
+    shared: &Shared,
+    image: &kiln_bus::StackImageRef,
+    what: &str,
+    archive: &std::path::Path,
+    log: &BuildLog,
+) -> Result<(), String> {
+    let hex = image.digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("not a manifest digest (sha256:<64 hex digits>)".into());
+    }
     if shared.backend.stack_image(&image.digest).is_some() {
         return Ok(());
     }
-    let failed = |message: String| BuildError::StackImage {
-        digest: image.digest.clone(),
-        message,
-    };
-    log.line(
-        Stream::Out,
-        &format!("-----> Downloading the stack image {}", image.digest),
-    );
-    let archive = work.file("stack-image.tar");
+    log.line(Stream::Out, &format!("-----> Downloading {what}"));
     shared
         .transfers
-        .download(&image.url, &archive, STACK_IMAGE_LIMIT, false)
+        .download(&image.url, archive, STACK_IMAGE_LIMIT, false)
         .await
-        .map_err(|e| failed(format!("downloading from {}: {e}", shown_url(&image.url))))?;
-    shared
+        .map_err(|e| format!("downloading from {}: {e}", shown_url(&image.url)))?;
+    let imported = shared
         .backend
-        .import_stack_image(&archive, &image.digest)
+        .import_stack_image(archive, &image.digest)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    Ok(())
+        .map_err(|e| with_causes(&e));
+    // The store keeps the image unpacked; the archive is not needed any more.
+    let _ = std::fs::remove_file(archive);
+    imported.map(drop)
 }
 
 async fn stage(
@@ -145,6 +166,9 @@ async fn stage(
             url: shown_url(&r.package_url),
             source,
         })?;
+    if super::dockerfile::chosen(r, &request.app, &work).await? {
+        return super::dockerfile::stage(shared, r, &request, &work, log).await;
+    }
     if let Some(image) = &r.stack_image {
         stack_image(shared, image, &work, log).await?;
         // The container's root: the image by digest instead of the stager's own copy.
@@ -212,7 +236,7 @@ async fn stage(
 
 /// The log of one build on its subject: lines go through an unbounded channel (the stager's
 /// sink is a sync callback) to one task that publishes them in order.
-struct BuildLog {
+pub(super) struct BuildLog {
     lines: UnboundedSender<StagingLogLine>,
     publisher: JoinHandle<()>,
     build_guid: String,
@@ -237,7 +261,7 @@ impl BuildLog {
     }
 
     /// The sink handed to the stager.
-    fn sink(&self) -> LogSink {
+    pub(super) fn sink(&self) -> LogSink {
         let (lines, build_guid, app_guid) = (
             self.lines.clone(),
             self.build_guid.clone(),
@@ -250,7 +274,7 @@ impl BuildLog {
     }
 
     /// A line of the service's own (downloads, uploads, the failure).
-    fn line(&self, stream: Stream, text: &str) {
+    pub(super) fn line(&self, stream: Stream, text: &str) {
         let _ = self
             .lines
             .send(bus_line(&self.build_guid, &self.app_guid, stream, text));

@@ -8,7 +8,12 @@
 //! [`kiln_bus::StagingResult`]. Every few seconds it advertises itself
 //! ([`kiln_bus::StagerAdvertise`]: its stacks, the builds it runs, its free slots).
 //!
+//! A request on the `docker` stack, or one naming no buildpack whose package has a
+//! `Dockerfile` at its root, is built from its Dockerfile into an OCI image instead
+//! (`dockerfile`; the droplet is the image's layout as a tar).
+//!
 //! Layout: `server` is the loop (slots, advertising, graceful stop), `job` one build,
+//! `dockerfile` the Dockerfile builds,
 //! `transfer` the HTTP downloads and uploads, `buildpacks` the admin buildpacks (downloaded,
 //! checked against their sha256, cached unpacked), `convert` the checks and conversions
 //! between the bus's messages and the library's request and result, `error` the errors.
@@ -18,6 +23,7 @@
 
 mod buildpacks;
 mod convert;
+mod dockerfile;
 mod error;
 mod job;
 mod server;

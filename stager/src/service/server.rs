@@ -47,6 +47,9 @@ pub struct Settings {
     pub work_dir: PathBuf,
     /// Where admin buildpacks are kept, unpacked, by the sha256 of their zip.
     pub buildpack_cache: PathBuf,
+    /// The layer cache of Dockerfile builds, kept across stagings (one for all apps; each
+    /// app's steps keyed apart, see `BuildOptions::cache_scope`).
+    pub dockerfile_cache: PathBuf,
     /// How long running stagings may take to finish once the service is asked to stop.
     pub grace: Duration,
     /// How often the stager advertises itself.
@@ -54,8 +57,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The stacks requests may name: the stager's own, and `docker` (a Dockerfile build,
+    /// whose `FROM` names the stack or image).
+    pub fn served_stacks(&self) -> Vec<String> {
+        let mut stacks = self.stacks.clone();
+        if !stacks.iter().any(|s| s == kiln_bus::DOCKER_STACK) {
+            stacks.push(kiln_bus::DOCKER_STACK.to_string());
+        }
+        stacks
+    }
+
     /// Settings with 2 stagings at once, the system temp dir (also for the buildpack cache, in
-    /// `kiln-stager-buildpacks`), a 60 s grace, no token, and the bus's advertisement interval.
+    /// `kiln-stager-buildpacks`, and the Dockerfile layer cache, in
+    /// `kiln-stager-dockerfile-cache`), a 60 s grace, no token, and the bus's advertisement
+    /// interval.
     pub fn new(id: &str, stacks: Vec<String>, buildpacks_dir: impl Into<PathBuf>) -> Settings {
         Settings {
             id: id.to_string(),
@@ -65,6 +80,7 @@ impl Settings {
             token: None,
             work_dir: std::env::temp_dir(),
             buildpack_cache: std::env::temp_dir().join("kiln-stager-buildpacks"),
+            dockerfile_cache: std::env::temp_dir().join("kiln-stager-dockerfile-cache"),
             grace: Duration::from_secs(60),
             advertise_interval: Duration::from_secs(ADVERTISE_INTERVAL_SECS),
         }
@@ -144,7 +160,7 @@ impl Shared {
             .saturating_sub(state.building.len());
         StagerAdvertise {
             id: self.settings.id.clone(),
-            stacks: self.settings.stacks.clone(),
+            stacks: self.settings.served_stacks(),
             building: state.building.iter().cloned().collect(),
             available: if state.draining {
                 0
@@ -193,6 +209,7 @@ pub async fn run(
     settings.max_stagings = settings.max_stagings.max(1);
     let transfers = Transfers::new(settings.token.clone())?;
     super::buildpacks::sweep(&settings.buildpack_cache);
+    crate::dockerfile::sweep_cache(&settings.dockerfile_cache);
     let mut requests = client
         .queue_subscribe(STAGING_REQUEST, STAGER_QUEUE.to_string())
         .await
@@ -200,7 +217,10 @@ pub async fn run(
             subject: STAGING_REQUEST,
             source,
         })?;
-    client.flush().await.map_err(ServiceError::Flush)?;
+    // In place on the server before the stager says it is there.
+    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .map_err(ServiceError::RoundTrip)?;
     let (grace, max) = (settings.grace, settings.max_stagings);
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -329,11 +349,13 @@ async fn take(shared: &Shared, request: &kiln_bus::StagingRequest) -> bool {
     let settings = &shared.settings;
     let refusal = match check_guid(&request.build_guid) {
         Err(e) => Some(e),
-        Ok(()) if !settings.stacks.contains(&request.stack) => Some(BuildError::UnknownStack {
-            stager: settings.id.clone(),
-            stack: request.stack.clone(),
-            stacks: settings.stacks.clone(),
-        }),
+        Ok(()) if !settings.served_stacks().contains(&request.stack) => {
+            Some(BuildError::UnknownStack {
+                stager: settings.id.clone(),
+                stack: request.stack.clone(),
+                stacks: settings.served_stacks(),
+            })
+        }
         Ok(()) => None,
     };
     if let Some(e) = refusal {

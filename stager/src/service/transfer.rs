@@ -154,6 +154,16 @@ impl Transfers {
 
     /// PUTs the file `from` to `url` as `application/gzip`, streamed.
     pub(crate) async fn upload(&self, from: &Path, url: &str) -> Result<(), TransferError> {
+        self.upload_as(from, url, "application/gzip").await
+    }
+
+    /// PUTs the file `from` to `url` as `content_type`, streamed.
+    pub(crate) async fn upload_as(
+        &self,
+        from: &Path,
+        url: &str,
+        content_type: &str,
+    ) -> Result<(), TransferError> {
         let url = parse(url)?;
         let file = tokio::fs::File::open(from)
             .await
@@ -167,7 +177,7 @@ impl Transfers {
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10));
         let response = self
             .authorized(self.client.put(url))
-            .header(CONTENT_TYPE, "application/gzip")
+            .header(CONTENT_TYPE, content_type)
             .header(CONTENT_LENGTH, size)
             .body(body)
             .send()

@@ -39,7 +39,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(index: u8) -> Fixture {
-        assert!((40..60).contains(&index), "stager tests use indexes 40-59");
+        assert!(
+            (40..60).contains(&index) || (80..=89).contains(&index),
+            "stager tests use indexes 40-59 and 80-89"
+        );
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         assert!(
