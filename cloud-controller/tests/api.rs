@@ -270,6 +270,12 @@ async fn apps_are_created_listed_filtered_paged_updated_and_deleted(db: Db) {
 
 async fn packages_upload_check_and_download_their_bits(db: Db) {
     let cc = Controller::start_with(db, |c| c.max_upload_bytes = 1 << 20).await;
+    // Clients learn the limit before they send anything.
+    let (_, root) = send(cc.http.get(format!("{}/", cc.url))).await;
+    assert_eq!(
+        root["links"]["cloud_controller_v3"]["meta"]["max_upload_bytes"],
+        1 << 20
+    );
     let app = cc.app("bits").await;
     let zip = zip_of(&[("index.html", "<h1>hi</h1>")]);
     let (status, package) = cc.upload(&app, zip.clone()).await;

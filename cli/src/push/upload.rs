@@ -44,6 +44,18 @@ pub enum UploadError {
     /// The package failed its checks.
     #[error("the package failed: {0}")]
     Failed(String),
+    /// The zip is bigger than the controller takes.
+    #[error(
+        "the app's files to upload zip to {zip_mb} MiB, more than the controller's upload \
+         limit of {limit_mb} MiB; leave out what the app does not need with a .kilnignore \
+         (or .cfignore) file"
+    )]
+    TooLarge {
+        /// The zip's size, MiB (rounded up).
+        zip_mb: u64,
+        /// The controller's limit, MiB.
+        limit_mb: u64,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UploadError {
@@ -150,6 +162,9 @@ pub async fn upload(
         Some(z) => z.as_file().metadata().map_err(io("the zip"))?.len(),
         None => 0,
     };
+    if zip_bytes > 0 {
+        check_size(client, zip_bytes).await?;
+    }
     let bar = if progress {
         let b = ProgressBar::new(zip_bytes);
         b.set_style(
@@ -208,6 +223,21 @@ pub async fn upload(
         sent: to_send.len(),
         zip_bytes,
     })
+}
+
+/// Refuses a zip over the controller's upload limit before sending any of it: the controller
+/// would refuse it only once it had read that much, and closes the connection on the rest.
+async fn check_size(client: &mut Client, zip_bytes: u64) -> Result<(), UploadError> {
+    let root = client.get("/").await?;
+    let limit = root["links"]["cloud_controller_v3"]["meta"]["max_upload_bytes"].as_u64();
+    match limit {
+        Some(limit) if zip_bytes > limit => Err(UploadError::TooLarge {
+            zip_mb: zip_bytes.div_ceil(1 << 20),
+            limit_mb: limit >> 20,
+        }),
+        // An older controller does not say: it answers 413 itself.
+        _ => Ok(()),
+    }
 }
 
 /// Polls the package until it is READY (FAILED: its error).

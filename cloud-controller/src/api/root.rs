@@ -20,7 +20,11 @@ pub async fn root(State(s): State<AppState>) -> Json<Value> {
     };
     Json(json!({"links": {
         "self": {"href": base.to_string()},
-        "cloud_controller_v3": {"href": format!("{base}/v3"), "meta": {"version": env!("CARGO_PKG_VERSION")}},
+        "cloud_controller_v3": {"href": format!("{base}/v3"), "meta": {
+            "version": env!("CARGO_PKG_VERSION"),
+            // Clients check an upload against it before sending it.
+            "max_upload_bytes": s.config.max_upload_bytes,
+        }},
         "login": {"href": base.to_string()},
         "uaa": {"href": base.to_string()},
         "logging": null,
