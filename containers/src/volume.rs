@@ -169,20 +169,14 @@ impl VolumeStore {
     /// (`/sys/fs/btrfs/<fsid>/qgroups/0_<id>/referenced`, as of the last transaction commit)
     /// with two ioctls and no process; through `btrfs qgroup show` where sysfs lacks it.
     pub fn disk_usage(&self, handle: &str) -> Result<u64, VolumeError> {
-        let subvolume = self.subvolume(handle);
-        if let Ok((fsid, id)) = btrfs::fsid_and_subvolume_id(&subvolume) {
-            let file = Path::new("/sys/fs/btrfs")
-                .join(fsid)
-                .join("qgroups")
-                .join(format!("0_{id}"))
-                .join("referenced");
-            if let Some(bytes) = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-            {
-                return Ok(bytes);
-            }
+        if let Some(bytes) = self
+            .disk_usage_file(handle)
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return Ok(bytes);
         }
+        let subvolume = self.subvolume(handle);
         let Some(id) = qgroup_id(&subvolume) else {
             return Ok(0);
         };
@@ -197,6 +191,19 @@ impl VolumeStore {
             })
             .find_map(|referenced| referenced.parse().ok())
             .unwrap_or(0))
+    }
+
+    /// The sysfs file that shows the container's [`VolumeStore::disk_usage`]
+    /// (`/sys/fs/btrfs/<fsid>/qgroups/0_<id>/referenced`), found with two ioctls; `None` where
+    /// the kernel has none.
+    pub fn disk_usage_file(&self, handle: &str) -> Option<PathBuf> {
+        let (fsid, id) = btrfs::fsid_and_subvolume_id(&self.subvolume(handle)).ok()?;
+        let file = Path::new("/sys/fs/btrfs")
+            .join(fsid)
+            .join("qgroups")
+            .join(format!("0_{id}"))
+            .join("referenced");
+        file.exists().then_some(file)
     }
 
     /// Unmounts the store (the loop device goes with it). Containers must be gone first.

@@ -34,6 +34,20 @@ async fn a_container_runs_processes_and_destroy_leaves_nothing() {
     let metrics = t.backend.metrics("life").await.expect("metrics");
     assert!(metrics.cpu_time_ns > 0, "{metrics:?}");
     assert!(metrics.memory_bytes > 0, "{metrics:?}");
+    // A later reading shows the usage since (the counters are kept open and read again).
+    let (exit, _, _) = t
+        .sh(
+            "life",
+            "vcap",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+        )
+        .await;
+    assert_eq!(exit.code, 0);
+    let later = t.backend.metrics("life").await.expect("metrics");
+    assert!(
+        later.cpu_time_ns > metrics.cpu_time_ns,
+        "{metrics:?} then {later:?}"
+    );
     assert!(t.backend.capacity().max_containers >= 1);
 
     // The audit sees every kind of resource a live container holds...

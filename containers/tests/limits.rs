@@ -67,6 +67,8 @@ async fn writes_past_the_disk_limit_fail_inside_the_container() {
         ..Limits::default()
     };
     t.backend.create(s).await.expect("create");
+    let empty = t.backend.metrics("disk").await.expect("metrics");
+    assert!(empty.disk_bytes < 4 << 20, "{empty:?}");
 
     let (exit, _, err) = t
         .sh(

@@ -1,22 +1,26 @@
-//! Health probes of an instance, from the host through its NetIn port on `127.0.0.1`: `port`
-//! (a TCP connection is accepted), `http` (a GET of the endpoint answers 200) and `process`
-//! (the process is alive, which the instance's own task knows: always healthy here).
+//! Health probes of an instance, from the host to the app's port at the container's address
+//! (as Diego checks the app's own port, and without the NetIn translation every probe would
+//! otherwise go through): `port` (a TCP connection is accepted), `http` (a GET of the endpoint
+//! answers 200) and `process` (the process is alive, which the instance's own task knows:
+//! always healthy here).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kiln_bus::cell::{HealthCheck, HealthCheckType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One probe of `check` against `127.0.0.1:port`, given at most `timeout`.
-pub async fn probe(check: &HealthCheck, port: u16, timeout: Duration) -> bool {
+/// One probe of `check` against `app` (the container's address and the app's port), given at
+/// most `timeout`.
+pub async fn probe(check: &HealthCheck, app: SocketAddr, timeout: Duration) -> bool {
     let attempt = async {
         match check.kind {
             HealthCheckType::Process => true,
-            HealthCheckType::Port => TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+            HealthCheckType::Port => TcpStream::connect(app).await.is_ok(),
             HealthCheckType::Http => {
                 let endpoint = check.endpoint.as_deref().unwrap_or("/");
-                http_ok(port, endpoint).await.unwrap_or(false)
+                http_ok(app, endpoint).await.unwrap_or(false)
             }
         }
     };
@@ -25,8 +29,8 @@ pub async fn probe(check: &HealthCheck, port: u16, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `GET endpoint` on `127.0.0.1:port` answers 200.
-async fn http_ok(port: u16, endpoint: &str) -> std::io::Result<bool> {
+/// Whether `GET endpoint` on `app` answers 200.
+async fn http_ok(app: SocketAddr, endpoint: &str) -> std::io::Result<bool> {
     let path = if endpoint.starts_with('/') {
         endpoint.to_string()
     } else {
@@ -36,9 +40,9 @@ async fn http_ok(port: u16, endpoint: &str) -> std::io::Result<bool> {
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Ok(false);
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut stream = TcpStream::connect(app).await?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kiln-healthcheck\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {app}\r\nUser-Agent: kiln-healthcheck\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     // The status line is all that matters.
@@ -61,9 +65,9 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn server(answer: &'static str) -> u16 {
+    async fn server(answer: &'static str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 512];
@@ -71,7 +75,7 @@ mod tests {
                 let _ = s.write_all(answer.as_bytes()).await;
             }
         });
-        port
+        addr
     }
 
     #[tokio::test]
@@ -90,8 +94,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
-            .unwrap()
-            .port();
+            .unwrap();
         assert!(!probe(&HealthCheck::default(), closed, t).await);
         let process = HealthCheck {
             kind: HealthCheckType::Process,

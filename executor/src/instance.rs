@@ -153,6 +153,13 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
         Err(e) => return launch::start_failed(cell, inst, layer, e.to_string()).await,
     };
     let port = info.mapped_ports.first().map(|m| m.host_port).unwrap_or(0);
+    let app = std::net::SocketAddr::from((
+        info.container_ip,
+        info.mapped_ports
+            .first()
+            .map(|m| m.container_port)
+            .unwrap_or(0),
+    ));
     {
         let mut actual = inst.actual();
         actual.port = port;
@@ -197,7 +204,7 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
     ];
     let mut exited = tokio::spawn(async move { process.wait().await });
     report::cell_log(nats, inst, "Starting health monitoring of container").await;
-    let outcome = monitor(cell, inst, port, &mut exited).await;
+    let outcome = monitor(cell, inst, app, &mut exited).await;
 
     if inst.registered.swap(false, Ordering::SeqCst) {
         report::routes(nats, inst, &cell.config.zone, false).await;
@@ -284,11 +291,12 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
 /// starting probe interval.
 const FIRST_STARTING_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Health checks until the process ends, the instance is stopped, or it fails its check.
+/// Health checks of `app` (the container's address, the app's port) until the process ends,
+/// the instance is stopped, or it fails its check.
 async fn monitor(
     cell: &Shared,
     inst: &Instance,
-    port: u16,
+    app: std::net::SocketAddr,
     exited: &mut JoinHandle<kiln_containers::Result<ProcessExit>>,
 ) -> Outcome {
     let timings = &cell.config.timings;
@@ -319,7 +327,7 @@ async fn monitor(
             () = tokio::time::sleep(if running { interval } else { std::time::Duration::ZERO }) => {}
         }
         let healthy = tokio::select! {
-            h = crate::health::probe(check, port, probe_timeout) => h,
+            h = crate::health::probe(check, app, probe_timeout) => h,
             () = inst.stop.cancelled() => return Outcome::Stopped,
         };
         match (running, healthy) {

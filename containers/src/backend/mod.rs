@@ -8,6 +8,7 @@
 mod audit;
 mod changes;
 mod create;
+mod metrics;
 mod process;
 mod recovery;
 mod streams;
@@ -73,6 +74,8 @@ struct Entry {
     processes: Arc<Mutex<BTreeSet<String>>>,
     /// The channel to the container's init; `None` for a container adopted after a restart.
     channel: Option<Arc<crate::init_channel::InitChannel>>,
+    /// Its usage counters, open once read.
+    metrics: Option<Arc<metrics::MetricsFiles>>,
 }
 
 impl Backend {
@@ -245,7 +248,7 @@ impl Backend {
             handles
                 .into_iter()
                 .map(|handle| {
-                    let metrics = read_metrics(&inner, &handle);
+                    let metrics = metrics::read(&inner, &handle);
                     (handle, metrics)
                 })
                 .collect::<Vec<_>>()
@@ -394,6 +397,7 @@ impl Table {
                 record,
                 processes: Default::default(),
                 channel: None,
+                metrics: None,
             },
         );
     }
@@ -457,6 +461,25 @@ impl Inner {
             .get(handle)
             .map(|e| e.record.clone())
             .ok_or_else(|| Error::NotFound(handle.to_string()))
+    }
+
+    /// The container's record and its usage counters if they were opened before.
+    fn record_and_metrics_files(
+        &self,
+        handle: &str,
+    ) -> Result<(ContainerRecord, Option<Arc<metrics::MetricsFiles>>)> {
+        self.table()
+            .containers
+            .get(handle)
+            .map(|e| (e.record.clone(), e.metrics.clone()))
+            .ok_or_else(|| Error::NotFound(handle.to_string()))
+    }
+
+    /// Keeps the container's counters open (until it goes).
+    fn keep_metrics_files(&self, handle: &str, files: Arc<metrics::MetricsFiles>) {
+        if let Some(entry) = self.table().containers.get_mut(handle) {
+            entry.metrics = Some(files);
+        }
     }
 
     fn max_containers(&self) -> usize {
@@ -653,27 +676,6 @@ fn stack_image_name(digest: &str) -> String {
 }
 
 /// The metrics of `handle`, read from the cgroup and volume files (blocking).
-fn read_metrics(inner: &Inner, handle: &str) -> Result<ContainerMetrics> {
-    let record = inner.record(handle)?;
-    let cgroup = |controller: &str, file: &str| {
-        let path = Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(inner.cgroups_path(handle).trim_start_matches('/'))
-            .join(file);
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(ContainerMetrics {
-        cpu_time_ns: cgroup("cpuacct", "cpuacct.usage"),
-        memory_bytes: cgroup("memory", "memory.usage_in_bytes"),
-        memory_limit_bytes: record.spec.limits.memory_bytes,
-        disk_bytes: inner.volumes.disk_usage(handle)?,
-        disk_limit_bytes: record.spec.limits.disk_bytes,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
