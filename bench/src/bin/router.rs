@@ -57,6 +57,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The allocator `kiln-router` runs with, so that the router here costs what it costs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     // The backend has threads of its own, like a process of its own would, so that the
     // router's runtime (the main one, two workers as on these machines) is the router's.
