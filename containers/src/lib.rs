@@ -35,3 +35,4 @@ pub use backend::{Backend, ChangesSummary, Process, StreamInOptions};
 pub use config::{Config, Recovery};
 pub use error::{Error, Result};
 pub use spec::*;
+pub use volume::mount_overlay;

@@ -135,7 +135,8 @@ impl VolumeStore {
             upper.display(),
             work.display()
         );
-        mount_overlay(&paths.rootfs, &options).map_err(io_err("mount overlay at", &paths.rootfs))
+        mount_overlay(&paths.rootfs, &options, false)
+            .map_err(io_err("mount overlay at", &paths.rootfs))
     }
 
     /// Undoes [`VolumeStore::create`], whatever part of it was done. Safe to call twice.
@@ -360,16 +361,19 @@ fn qgroup_id(subvolume: &Path) -> Option<String> {
     (out.status.success() && !id.is_empty()).then(|| format!("0/{id}"))
 }
 
-fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
+/// Mounts an overlay at `target` (`options`: `lowerdir=…[,upperdir=…,workdir=…]`), nosuid and
+/// nodev, read-only if asked; the stager's Dockerfile views use it too.
+pub fn mount_overlay(target: &Path, options: &str, read_only: bool) -> io::Result<()> {
     let target_c = CString::new(target.as_os_str().as_bytes())?;
     let options_c = CString::new(options)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 };
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(
             c"overlay".as_ptr(),
             target_c.as_ptr(),
             c"overlay".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            flags,
             options_c.as_ptr() as *const libc::c_void,
         )
     };

@@ -11,6 +11,7 @@
 mod app_bits;
 pub mod buildpack;
 mod classic;
+mod container_guard;
 pub mod dockerfile;
 mod error;
 mod lifecycle;

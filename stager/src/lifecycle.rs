@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::app_bits::{app_tar, dir_tar_at};
 use crate::buildpack::{builtin_names, resolve, Buildpack};
+use crate::container_guard::ContainerGuard;
 use crate::error::{Phase, StagingError};
 use crate::log::LogSink;
 use crate::pack;
@@ -133,10 +134,7 @@ impl<'a> Stager<'a> {
                 format!("creating the staging container on stack {}", request.stack),
             ))?;
         phases.push(("create".to_string(), started.elapsed()));
-        let mut guard = ContainerGuard {
-            backend: self.backend.clone(),
-            handle: Some(handle.clone()),
-        };
+        let mut guard = ContainerGuard::new(self.backend.clone(), handle.clone(), "staging");
         let mut session = Session::new(
             self.backend,
             handle.clone(),
@@ -154,7 +152,7 @@ impl<'a> Stager<'a> {
             &mut phases,
         )
         .await;
-        guard.handle = None;
+        guard.disarm();
         if let Err(e) = self.backend.destroy(&handle).await {
             warn!(error = %e, "destroying the staging container");
             session.warn(format!(
@@ -235,35 +233,6 @@ fn candidates(
         });
     }
     Ok(Candidates { all, named: true })
-}
-
-/// Destroys the staging container when a staging is abandoned (its future dropped) before it
-/// destroyed the container itself: the destroy runs on the runtime in the background.
-struct ContainerGuard {
-    backend: Backend,
-    handle: Option<String>,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        let backend = self.backend.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = backend.destroy(&handle).await {
-                        warn!(error = %e, handle, "destroying an abandoned staging container");
-                    }
-                });
-            }
-            Err(_) => warn!(
-                handle,
-                "abandoned staging container left behind: no runtime to destroy it"
-            ),
-        }
-    }
 }
 
 /// The environment of every buildpack step.

@@ -12,6 +12,7 @@ use kiln_containers::{Backend, ChangesSummary, ContainerSpec, Limits, NetOutRule
 
 use super::error::DockerfileError;
 use super::parse::Command;
+use crate::container_guard::ContainerGuard;
 use crate::error::{Phase, Tail};
 use crate::log::LogSink;
 use crate::session::{Output, Session};
@@ -65,12 +66,9 @@ pub(crate) async fn run_step(
         })
         .await
         .map_err(sandbox("creating the RUN container"))?;
-    let mut guard = Guard {
-        backend: backend.clone(),
-        handle: Some(job.handle.clone()),
-    };
+    let mut guard = ContainerGuard::new(backend.clone(), job.handle.clone(), "RUN");
     let result = run_in(backend, job, out).await;
-    guard.handle = None;
+    guard.disarm();
     let destroyed = backend
         .destroy(&job.handle)
         .await
@@ -78,34 +76,6 @@ pub(crate) async fn run_step(
     let summary = result?;
     destroyed?;
     Ok(summary)
-}
-
-/// Destroys the RUN container in the background if the step is dropped before it does.
-struct Guard {
-    backend: Backend,
-    handle: Option<String>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        let backend = self.backend.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = backend.destroy(&handle).await {
-                        tracing::warn!(error = %e, handle, "destroying an abandoned RUN container");
-                    }
-                });
-            }
-            Err(_) => tracing::warn!(
-                handle,
-                "abandoned RUN container left behind: no runtime to destroy it"
-            ),
-        }
-    }
 }
 
 async fn run_in(

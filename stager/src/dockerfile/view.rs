@@ -47,7 +47,7 @@ impl View {
         }
         lower.push_str(&base.to_string_lossy());
         let options = format!("lowerdir={lower}");
-        mount_overlay(dir.path(), &options).map_err(DockerfileError::io(
+        kiln_containers::mount_overlay(dir.path(), &options, true).map_err(DockerfileError::io(
             "mounting a read-only overlay at",
             dir.path(),
         ))?;
@@ -151,26 +151,6 @@ fn components(path: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
-    let target_c = CString::new(target.as_os_str().as_bytes())?;
-    let options_c = CString::new(options)?;
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            target_c.as_ptr(),
-            c"overlay".as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            options_c.as_ptr() as *const libc::c_void,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 pub(crate) fn unmount(target: &Path) -> io::Result<()> {
