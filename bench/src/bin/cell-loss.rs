@@ -23,13 +23,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use futures::StreamExt;
 use kiln_bus::cell::{CellState, InstanceStart, InstanceState, InstanceStateChange};
 use kiln_e2e::platform::{
-    self, backend_config, cell_config, port_range, CellProcess, Leftovers, Platform, Setup,
-    ID_PROCFILE,
+    backend_config, cell_config, port_range, Leftovers, Platform, Setup, ID_PROCFILE,
 };
-use kiln_testkit::Nats;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -44,44 +41,32 @@ const TARGET_MS: f64 = 5000.0;
 const INSTANCE_MB: u64 = 64;
 
 fn main() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("cell-loss needs root (containers)");
-    }
-    eprintln!("building kiln-executor");
-    let binary = platform::executor_binary().map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-bench-cell-loss-")
-        .tempdir()?;
-    let nats = Nats::start();
+    kiln_bench::require_root("cell-loss")?;
+    let scratch = kiln_bench::Scratch::new("cell-loss")?;
+    let (dir, nats) = (scratch.dir.path(), &scratch.nats.url);
     let cell = |index| kiln_executor::Config {
         max_containers: 16,
         timings: kiln_executor::Timings {
             stop_grace_secs: 2,
             ..kiln_executor::Timings::default()
         },
-        ..cell_config(dir.path(), index, &nats.url)
+        ..cell_config(dir, index, nats)
     };
     let (lost, survivor) = (cell(LOST), cell(SURVIVOR));
     let mut leftovers = Leftovers::new(vec![
-        backend_config(dir.path(), STAGER),
+        backend_config(dir, STAGER),
         lost.backend_config(),
         survivor.backend_config(),
     ]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = bench(dir.path(), &nats.url, &binary, &lost, &survivor, &mut leftovers) => r,
-            signal = platform::interrupted() => Err(anyhow!("interrupted ({signal})")),
-        }
-    });
-    drop(runtime);
-    let outcome = kiln_bench::finish(result, &mut leftovers);
-    drop(nats);
-    drop(dir);
-    outcome
+    let result = kiln_bench::run(bench(
+        dir,
+        nats,
+        &scratch.executor,
+        &lost,
+        &survivor,
+        &mut leftovers,
+    ));
+    scratch.finish(result, &mut leftovers)
 }
 
 /// What the benchmark heard on the bus.
@@ -97,24 +82,6 @@ enum Heard {
         guid: String,
         state: InstanceState,
     },
-}
-
-async fn start_cell(
-    dir: &Path,
-    binary: &Path,
-    config: &kiln_executor::Config,
-    name: &str,
-    leftovers: &mut Leftovers,
-) -> Result<()> {
-    let file = dir.join(format!("{name}.toml"));
-    platform::write_cell_config(&file, config).map_err(anyhow::Error::msg)?;
-    let process = CellProcess::start(binary, &file, dir.join(format!("{name}.log")))
-        .map_err(anyhow::Error::msg)?;
-    let process = leftovers.cells.entry(name.into()).or_insert(process);
-    process
-        .logged("executor.started", Duration::from_secs(300))
-        .await
-        .map_err(anyhow::Error::msg)
 }
 
 async fn bench(
@@ -138,7 +105,10 @@ async fn bench(
     .await
     .map_err(anyhow::Error::msg)?;
     let msg = anyhow::Error::msg;
-    start_cell(dir, binary, lost, "lost", leftovers).await?;
+    kiln_bench::start_cell(dir, binary, lost, "lost", leftovers)?
+        .logged("executor.started", Duration::from_secs(300))
+        .await
+        .map_err(msg)?;
     p.cells_until("the cell heard", Duration::from_secs(60), |c| {
         c.contains_key(&lost.cell_id)
     })
@@ -167,7 +137,10 @@ async fn bench(
         .map_err(msg)?;
 
     eprintln!("starting the survivor");
-    start_cell(dir, binary, survivor, "survivor", leftovers).await?;
+    kiln_bench::start_cell(dir, binary, survivor, "survivor", leftovers)?
+        .logged("executor.started", Duration::from_secs(300))
+        .await
+        .map_err(msg)?;
     p.cells_until("the survivor heard", Duration::from_secs(60), |c| {
         c.contains_key(&survivor.cell_id)
     })
@@ -302,51 +275,34 @@ async fn listen(
     nats_url: &str,
     survivor: &str,
 ) -> Result<mpsc::UnboundedReceiver<(Instant, Heard)>> {
-    let client = async_nats::connect(nats_url).await?;
-    let adverts = client
-        .subscribe(kiln_bus::cell::CELL_ADVERTISE.to_string())
-        .await?;
-    let starts = client
-        .subscribe(kiln_bus::cell::start_subject(survivor))
-        .await?;
-    let states = client
-        .subscribe(kiln_bus::cell::INSTANCE_STATE.to_string())
-        .await?;
-    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut all = futures::stream::select_all([adverts, starts, states]);
-    tokio::spawn(async move {
-        let _client = client;
-        while let Some(m) = all.next().await {
-            let at = Instant::now();
-            let heard = match m.subject.as_str() {
-                kiln_bus::cell::CELL_ADVERTISE => {
-                    match kiln_bus::decode::<CellState>(&m.subject, &m.payload) {
-                        Ok(s) => Heard::Advertised(s.cell_id),
-                        Err(_) => continue,
-                    }
-                }
-                kiln_bus::cell::INSTANCE_STATE => {
-                    match kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload) {
-                        Ok(s) => Heard::State {
-                            cell: s.instance.cell_id,
-                            guid: s.instance.instance_guid,
-                            state: s.instance.state,
-                        },
-                        Err(_) => continue,
-                    }
-                }
-                _ => match kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload) {
-                    Ok(s) => Heard::Start(s.app_guid),
-                    Err(_) => continue,
-                },
-            };
-            if tx.send((at, heard)).is_err() {
-                return;
+    let subjects = vec![
+        kiln_bus::cell::CELL_ADVERTISE.to_string(),
+        kiln_bus::cell::start_subject(survivor),
+        kiln_bus::cell::INSTANCE_STATE.to_string(),
+    ];
+    kiln_bench::listen(nats_url, subjects, |m| {
+        let at = Instant::now();
+        let heard = match m.subject.as_str() {
+            kiln_bus::cell::CELL_ADVERTISE => {
+                let s = kiln_bus::decode::<CellState>(&m.subject, &m.payload).ok()?;
+                Heard::Advertised(s.cell_id)
             }
-        }
-    });
-    Ok(rx)
+            kiln_bus::cell::INSTANCE_STATE => {
+                let s = kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload).ok()?;
+                Heard::State {
+                    cell: s.instance.cell_id,
+                    guid: s.instance.instance_guid,
+                    state: s.instance.state,
+                }
+            }
+            _ => {
+                let s = kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload).ok()?;
+                Heard::Start(s.app_guid)
+            }
+        };
+        Some((at, heard))
+    })
+    .await
 }
 
 fn ms(d: Duration) -> f64 {
@@ -360,8 +316,5 @@ fn secs(d: Duration) -> f64 {
 /// The controller's lost-cell timeout in this run: `KILN_BENCH_CELL_TTL_MS`, else 3 s (six
 /// of the cells' 500 ms advertisements; the controller's default is 10 s for 2 s ones).
 fn cell_ttl_ms() -> u64 {
-    std::env::var("KILN_BENCH_CELL_TTL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+    kiln_bench::env_or("KILN_BENCH_CELL_TTL_MS", 3000)
 }

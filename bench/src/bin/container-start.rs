@@ -16,10 +16,7 @@ const WARMUP: usize = 5;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let iterations = std::env::var("KILN_BENCH_ITERATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(ITERATIONS);
+    let iterations = kiln_bench::env_or("KILN_BENCH_ITERATIONS", ITERATIONS);
     let dir = tempfile::tempdir()?;
     let config = Config {
         data_dir: dir.path().join("data"),

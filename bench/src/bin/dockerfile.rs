@@ -27,11 +27,10 @@ fn example() -> PathBuf {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let runs = std::env::var("KILN_BENCH_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(RUNS);
+    let runs = match kiln_bench::env_or("KILN_BENCH_RUNS", RUNS) {
+        0 => RUNS,
+        n => n,
+    };
     let dir = tempfile::tempdir()?;
     let config = kiln_e2e::platform::backend_config(dir.path(), INDEX);
     let result = tokio::select! {

@@ -26,11 +26,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_bench::env_or;
 use kiln_e2e::platform::{
-    self, backend_config, cell_config, port_range, CellProcess, Leftovers, Platform, Setup,
-    ID_PROCFILE,
+    backend_config, cell_config, port_range, Leftovers, Platform, Setup, ID_PROCFILE,
 };
-use kiln_testkit::Nats;
 use serde_json::{json, Value};
 
 const STAGER: u32 = 70;
@@ -47,13 +46,6 @@ const TARGET_CPU_PERCENT: f64 = 0.1;
 const TARGET_RSS_MB: f64 = 20.0;
 const TARGET_PER_INSTANCE_MB: f64 = 1.0;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Settings {
     instances: u32,
     idle: Duration,
@@ -61,21 +53,14 @@ struct Settings {
 }
 
 fn main() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("idle needs root (containers)");
-    }
+    kiln_bench::require_root("idle")?;
     let settings = Settings {
         instances: env_or("KILN_BENCH_INSTANCES", INSTANCES).clamp(1, 16 * CELL_SPAN),
         idle: Duration::from_secs(env_or("KILN_BENCH_IDLE_SECS", IDLE_SECS).max(1)),
         settle: Duration::from_secs(env_or("KILN_BENCH_SETTLE_SECS", SETTLE_SECS)),
     };
-    eprintln!("building kiln-executor");
-    let binary = platform::executor_binary().map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-bench-idle-")
-        .tempdir()?;
-    let nats = Nats::start();
+    let scratch = kiln_bench::Scratch::new("idle")?;
+    let (dir, nats) = (scratch.dir.path(), &scratch.nats.url);
     let ports = port_range(CELL).start..port_range(CELL + CELL_SPAN - 1).end;
     let cell = kiln_executor::Config {
         memory_mb: 16384,
@@ -89,26 +74,18 @@ fn main() -> Result<()> {
             stop_grace_secs: 2,
             ..kiln_executor::Timings::default()
         },
-        ..cell_config(dir.path(), CELL, &nats.url)
+        ..cell_config(dir, CELL, nats)
     };
-    let mut leftovers = Leftovers::new(vec![
-        backend_config(dir.path(), STAGER),
-        cell.backend_config(),
-    ]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = bench(dir.path(), &nats.url, &binary, &cell, &settings, &mut leftovers) => r,
-            signal = platform::interrupted() => Err(anyhow!("interrupted ({signal})")),
-        }
-    });
-    drop(runtime);
-    let outcome = kiln_bench::finish(result, &mut leftovers);
-    drop(nats);
-    drop(dir);
-    outcome
+    let mut leftovers = Leftovers::new(vec![backend_config(dir, STAGER), cell.backend_config()]);
+    let result = kiln_bench::run(bench(
+        dir,
+        nats,
+        &scratch.executor,
+        &cell,
+        &settings,
+        &mut leftovers,
+    ));
+    scratch.finish(result, &mut leftovers)
 }
 
 async fn bench(
@@ -132,10 +109,7 @@ async fn bench(
     })
     .await
     .map_err(msg)?;
-    let file = dir.join("cell.toml");
-    platform::write_cell_config(&file, cell).map_err(msg)?;
-    let process = CellProcess::start(binary, &file, dir.join("cell.log")).map_err(msg)?;
-    let process = leftovers.cells.entry("cell".into()).or_insert(process);
+    let process = kiln_bench::start_cell(dir, binary, cell, "cell", leftovers)?;
     process
         .logged("executor.started", Duration::from_secs(300))
         .await

@@ -26,17 +26,16 @@
 //! progress, then one JSON line; everything is removed at the end, on failure and on
 //! SIGINT/SIGTERM too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::StreamExt;
+use kiln_bench::env_or;
 use kiln_bus::cell::{AppLogLine, InstanceStart, InstanceState, InstanceStateChange};
-use kiln_containers::{Backend, ContainerSpec, Limits, NetIn, ProcessSpec};
+use kiln_containers::Backend;
 use kiln_e2e::platform::{
-    self, backend_config, cell_config, CellProcess, Leftovers, Platform, Setup, ID_PROCFILE,
+    backend_config, cell_config, CellProcess, Leftovers, Platform, Setup, ID_PROCFILE,
 };
-use kiln_testkit::Nats;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -47,67 +46,40 @@ const STARTS: usize = 20;
 const PROBE_INTERVALS_MS: &str = "500,50";
 const DOMAIN: &str = "apps.bench.test";
 const APP: &str = "starter";
-const CELL_NAME: &str = "cell";
 const TARGET_P50_MS: f64 = 150.0;
 /// Instances are this small (MiB), memory and disk.
 const INSTANCE_MB: u64 = 64;
 /// Between the end of one measurement and the next, for the kernel to finish tearing down.
 const SETTLE: Duration = Duration::from_millis(300);
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("instance-start needs root (containers)");
-    }
+    kiln_bench::require_root("instance-start")?;
     let starts = env_or("KILN_BENCH_STARTS", STARTS).max(1);
     let intervals: Vec<u64> = std::env::var("KILN_BENCH_PROBE_INTERVALS_MS")
         .unwrap_or_else(|_| PROBE_INTERVALS_MS.into())
         .split(',')
         .map(|v| v.trim().parse().context("KILN_BENCH_PROBE_INTERVALS_MS"))
         .collect::<Result<_>>()?;
-    eprintln!("building kiln-executor");
-    let binary = platform::executor_binary().map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-bench-instance-start-")
-        .tempdir()?;
-    let nats = Nats::start();
-    let cell = cell_config(dir.path(), CELL, &nats.url);
+    let scratch = kiln_bench::Scratch::new("instance-start")?;
+    let dir = scratch.dir.path();
+    let cell = cell_config(dir, CELL, &scratch.nats.url);
     let mut leftovers = Leftovers::new(vec![
-        backend_config(dir.path(), STAGER),
+        backend_config(dir, STAGER),
         cell.backend_config(),
-        backend_config(dir.path(), BASELINE),
+        backend_config(dir, BASELINE),
     ]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let run = Run {
-        dir: dir.path(),
-        nats: &nats.url,
-        binary: &binary,
+        dir,
+        nats: &scratch.nats.url,
+        binary: &scratch.executor,
         cell,
         starts,
         intervals,
     };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = run.bench(&mut leftovers) => r,
-            signal = platform::interrupted() => Err(anyhow!("interrupted ({signal})")),
-        }
-    });
     // The runtime first (the in-process components and backends with it), then the cell
     // process and whatever the backends still hold.
-    drop(runtime);
-    let outcome = kiln_bench::finish(result, &mut leftovers);
-    drop(nats);
-    drop(dir);
-    outcome
+    let result = kiln_bench::run(run.bench(&mut leftovers));
+    scratch.finish(result, &mut leftovers)
 }
 
 struct Run<'a> {
@@ -181,16 +153,12 @@ impl Run<'_> {
                 stop_grace_secs: 2,
                 ..kiln_executor::Timings::default()
             };
-            let file = self.dir.join(format!("cell-{n}.toml"));
-            platform::write_cell_config(&file, &config).map_err(anyhow::Error::msg)?;
-            // A new process on the same data dir: the droplet stays in its cache.
-            leftovers.cells.remove(CELL_NAME);
-            let log = self.dir.join(format!("cell-{n}.log"));
-            let process =
-                CellProcess::start(self.binary, &file, log).map_err(anyhow::Error::msg)?;
-            let process = leftovers.cells.entry(CELL_NAME.into()).or_insert(process);
-            // Started: subscribed to its commands (the first start imports the stack).
-            process
+            // A new process (the last one killed first) on the same data dir: the droplet
+            // stays in its cache.
+            let name = format!("cell-{n}");
+            leftovers.cells.clear();
+            kiln_bench::start_cell(self.dir, self.binary, &config, &name, leftovers)?
+                // Started: subscribed to its commands (the first start imports the stack).
                 .logged("executor.started", Duration::from_secs(300))
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -228,7 +196,7 @@ impl Run<'_> {
             let log_of = |leftovers: &Leftovers| {
                 leftovers
                     .cells
-                    .get(CELL_NAME)
+                    .get(&name)
                     .map(CellProcess::log)
                     .unwrap_or_default()
             };
@@ -279,58 +247,40 @@ async fn listen(
     cell_id: &str,
     app: &str,
 ) -> Result<mpsc::UnboundedReceiver<(Instant, Heard)>> {
-    let client = async_nats::connect(nats_url).await?;
-    let starts = client
-        .subscribe(kiln_bus::cell::start_subject(cell_id))
-        .await?;
-    let states = client
-        .subscribe(kiln_bus::cell::INSTANCE_STATE.to_string())
-        .await?;
-    let logs = client.subscribe(kiln_bus::cell::app_log(app)).await?;
-    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut all = futures::stream::select_all([starts, states, logs]);
-    tokio::spawn(async move {
-        // The client lives as long as its subscriptions are read.
-        let _client = client;
-        while let Some(m) = all.next().await {
-            let at = Instant::now();
-            let heard = if m.subject.as_str() == kiln_bus::cell::INSTANCE_STATE {
-                let Ok(s) = kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload) else {
-                    continue;
-                };
-                Heard::State {
-                    guid: s.instance.instance_guid,
-                    state: s.instance.state,
-                    description: s.description,
-                }
-            } else if m.subject.starts_with("kiln.logs.") {
-                let Ok(line) = kiln_bus::decode::<AppLogLine>(&m.subject, &m.payload) else {
-                    continue;
-                };
-                if let Some(guid) = line
-                    .message
-                    .split_once("successfully created container for instance ")
-                    .map(|(_, g)| g.trim().to_string())
-                {
-                    Heard::Created(guid)
-                } else if line.message == "Starting health monitoring of container" {
-                    Heard::Monitoring
-                } else {
-                    continue;
-                }
-            } else {
-                let Ok(s) = kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload) else {
-                    continue;
-                };
-                Heard::Start(Box::new(s))
-            };
-            if tx.send((at, heard)).is_err() {
-                return;
+    let subjects = vec![
+        kiln_bus::cell::start_subject(cell_id),
+        kiln_bus::cell::INSTANCE_STATE.to_string(),
+        kiln_bus::cell::app_log(app),
+    ];
+    kiln_bench::listen(nats_url, subjects, |m| {
+        let at = Instant::now();
+        let heard = if m.subject.as_str() == kiln_bus::cell::INSTANCE_STATE {
+            let s = kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload).ok()?;
+            Heard::State {
+                guid: s.instance.instance_guid,
+                state: s.instance.state,
+                description: s.description,
             }
-        }
-    });
-    Ok(rx)
+        } else if m.subject.starts_with("kiln.logs.") {
+            let line = kiln_bus::decode::<AppLogLine>(&m.subject, &m.payload).ok()?;
+            if let Some(guid) = line
+                .message
+                .split_once("successfully created container for instance ")
+                .map(|(_, g)| g.trim().to_string())
+            {
+                Heard::Created(guid)
+            } else if line.message == "Starting health monitoring of container" {
+                Heard::Monitoring
+            } else {
+                return None;
+            }
+        } else {
+            let s = kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload).ok()?;
+            Heard::Start(Box::new(s))
+        };
+        Some((at, heard))
+    })
+    .await
 }
 
 async fn next(
@@ -459,46 +409,14 @@ async fn baseline_start(
 ) -> Result<Duration> {
     let t0 = Instant::now();
     let info = backend
-        .create(ContainerSpec {
-            handle: handle.to_string(),
-            stack: start.stack.clone(),
-            limits: Limits {
-                memory_bytes: start.memory_mb << 20,
-                disk_bytes: start.disk_mb << 20,
-                cpu_shares: start.memory_mb.clamp(2, 262_144),
-                ..Limits::default()
-            },
-            layers: vec![PathBuf::from(layer)],
-            net_in: vec![NetIn {
-                host_port: None,
-                container_port: kiln_droplet::APP_PORT,
-            }],
-            ..ContainerSpec::default()
-        })
+        .create(kiln_bench::cell_container(handle, layer, start))
         .await?;
     let port = info
         .mapped_ports
         .first()
         .map(|m| m.host_port)
         .ok_or_else(|| anyhow!("no NetIn port"))?;
-    let args = kiln_droplet::launcher_args(&start.start_command);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
-    spec.env = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    spec.env
-        .extend(kiln_droplet::instance_env(&kiln_droplet::Instance {
-            app_id: start.app_guid.clone(),
-            app_name: start.app_name.clone(),
-            space_id: start.space_guid.clone(),
-            index: 0,
-            instance_id: handle.to_string(),
-            host_ip: "127.0.0.1".into(),
-            host_port: port,
-            memory_mib: start.memory_mb,
-            disk_mib: start.disk_mb,
-            uris: start.routes.clone(),
-        }));
-    spec.dir = Some(kiln_droplet::APP_DIR.to_string());
+    let spec = kiln_bench::cell_process(handle, port, start, &start.start_command);
     let process = backend.run(handle, spec).await;
     let listening = async {
         let _process = process?;

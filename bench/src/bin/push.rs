@@ -42,16 +42,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::StreamExt;
 use kiln_bus::cell::{AppLogLine, InstanceStart, InstanceState, InstanceStateChange};
 use kiln_bus::router::RegistryMessage;
-use kiln_containers::{Backend, ContainerSpec, Limits, NetIn, ProcessSpec};
+use kiln_containers::Backend;
 use kiln_e2e::platform::{
     self, backend_config, cell_config, CellProcess, Leftovers, Platform, Setup,
 };
 use kiln_executor::DropletCache;
 use kiln_stager::{Stager, StagingRequest};
-use kiln_testkit::Nats;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -155,25 +153,14 @@ fn repo() -> PathBuf {
 }
 
 fn main() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("push needs root (containers)");
-    }
-    let rounds = std::env::var("KILN_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ROUNDS)
-        .max(1);
+    kiln_bench::require_root("push")?;
+    let rounds = kiln_bench::env_or("KILN_BENCH_ROUNDS", ROUNDS).max(1);
     let cli = std::env::current_exe()?.with_file_name("kiln");
     if !cli.exists() {
         bail!("no {}: run bench/push, which builds the CLI", cli.display());
     }
-    eprintln!("building kiln-executor");
-    let binary = platform::executor_binary().map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-bench-push-")
-        .tempdir()?;
-    let nats = Nats::start();
+    let scratch = kiln_bench::Scratch::new("push")?;
+    let dir = scratch.dir.path();
     let cell = kiln_executor::Config {
         stacks: EXAMPLES.iter().map(|e| e.stack.to_string()).collect(),
         droplet_cache_mb: DROPLET_CACHE_MB,
@@ -181,37 +168,22 @@ fn main() -> Result<()> {
             stop_grace_secs: 2,
             ..kiln_executor::Timings::default()
         },
-        ..cell_config(dir.path(), CELL, &nats.url)
+        ..cell_config(dir, CELL, &scratch.nats.url)
     };
-    let mut leftovers = Leftovers::new(vec![
-        backend_config(dir.path(), STAGER),
-        cell.backend_config(),
-    ]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut leftovers = Leftovers::new(vec![backend_config(dir, STAGER), cell.backend_config()]);
     let run = Run {
-        dir: dir.path(),
-        nats: &nats.url,
-        binary: &binary,
+        dir,
+        nats: &scratch.nats.url,
+        binary: &scratch.executor,
         cli: &cli,
-        home: dir.path().join("kiln-home"),
+        home: dir.join("kiln-home"),
         cell,
         rounds,
     };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = run.bench(&mut leftovers) => r,
-            signal = platform::interrupted() => Err(anyhow!("interrupted ({signal})")),
-        }
-    });
     // The runtime first (the in-process components, the CLI processes and the backends with
     // it), then the cell process and whatever the backends still hold.
-    drop(runtime);
-    let outcome = kiln_bench::finish(result, &mut leftovers);
-    drop(nats);
-    drop(dir);
-    outcome
+    let result = kiln_bench::run(run.bench(&mut leftovers));
+    scratch.finish(result, &mut leftovers)
 }
 
 struct Run<'a> {
@@ -323,12 +295,7 @@ impl Run<'_> {
         .await
         .map_err(msg)?;
         eprintln!("starting the cell");
-        let file = self.dir.join("cell.toml");
-        platform::write_cell_config(&file, &self.cell).map_err(msg)?;
-        let process =
-            CellProcess::start(self.binary, &file, self.dir.join("cell.log")).map_err(msg)?;
-        let process = leftovers.cells.entry(CELL_NAME.into()).or_insert(process);
-        process
+        kiln_bench::start_cell(self.dir, self.binary, &self.cell, CELL_NAME, leftovers)?
             .logged("executor.started", Duration::from_secs(600))
             .await
             .map_err(msg)?;
@@ -726,86 +693,61 @@ async fn gone(p: &Platform, heard: &mut Bus, app: &str, instance: &str, name: &s
 /// Subscribes to staging requests and results, the cell's start commands, instance states,
 /// app logs and route registrations.
 async fn listen(nats_url: &str, cell_id: &str) -> Result<Bus> {
-    let client = async_nats::connect(nats_url).await?;
-    let mut subscriptions = Vec::new();
-    for subject in [
+    let subjects = vec![
         kiln_bus::STAGING_REQUEST.to_string(),
         kiln_bus::STAGING_RESULT.to_string(),
         kiln_bus::cell::start_subject(cell_id),
         kiln_bus::cell::INSTANCE_STATE.to_string(),
         kiln_bus::cell::APP_LOG_ALL.to_string(),
         kiln_bus::router::ROUTER_REGISTER.to_string(),
-    ] {
-        subscriptions.push(client.subscribe(subject).await?);
-    }
-    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut all = futures::stream::select_all(subscriptions);
-    tokio::spawn(async move {
-        // The client lives as long as its subscriptions are read.
-        let _client = client;
-        while let Some(m) = all.next().await {
-            let at = SystemTime::now();
-            let (subject, body) = (m.subject.as_str(), &m.payload);
-            let heard = match subject {
-                kiln_bus::STAGING_REQUEST => {
-                    let Ok(r) = kiln_bus::decode::<kiln_bus::StagingRequest>(subject, body) else {
-                        continue;
-                    };
-                    Heard::StagingRequest {
-                        app: r.app_guid,
-                        build: r.build_guid,
-                    }
+    ];
+    kiln_bench::listen(nats_url, subjects, |m| {
+        let at = SystemTime::now();
+        let (subject, body) = (m.subject.as_str(), &m.payload);
+        let heard = match subject {
+            kiln_bus::STAGING_REQUEST => {
+                let r = kiln_bus::decode::<kiln_bus::StagingRequest>(subject, body).ok()?;
+                Heard::StagingRequest {
+                    app: r.app_guid,
+                    build: r.build_guid,
                 }
-                kiln_bus::STAGING_RESULT => {
-                    let Ok(r) = kiln_bus::decode::<kiln_bus::StagingResult>(subject, body) else {
-                        continue;
-                    };
-                    Heard::StagingResult {
-                        build: r.build_guid,
-                        staged: matches!(r.outcome, kiln_bus::StagingOutcome::Staged(_)),
-                    }
-                }
-                kiln_bus::cell::INSTANCE_STATE => {
-                    let Ok(s) = kiln_bus::decode::<InstanceStateChange>(subject, body) else {
-                        continue;
-                    };
-                    Heard::State {
-                        guid: s.instance.instance_guid,
-                        state: s.instance.state,
-                    }
-                }
-                kiln_bus::router::ROUTER_REGISTER => {
-                    let Ok(r) = kiln_bus::decode::<RegistryMessage>(subject, body) else {
-                        continue;
-                    };
-                    Heard::Registered {
-                        instance: r.private_instance_id,
-                        uris: r.uris,
-                    }
-                }
-                s if s.starts_with("kiln.logs.") => {
-                    let Ok(line) = kiln_bus::decode::<AppLogLine>(subject, body) else {
-                        continue;
-                    };
-                    Heard::Log {
-                        app: line.app_guid,
-                        message: line.message,
-                    }
-                }
-                _ => {
-                    let Ok(s) = kiln_bus::decode::<InstanceStart>(subject, body) else {
-                        continue;
-                    };
-                    Heard::Start(Box::new(s))
-                }
-            };
-            if tx.send((at, heard)).is_err() {
-                return;
             }
-        }
-    });
-    Ok(rx)
+            kiln_bus::STAGING_RESULT => {
+                let r = kiln_bus::decode::<kiln_bus::StagingResult>(subject, body).ok()?;
+                Heard::StagingResult {
+                    build: r.build_guid,
+                    staged: matches!(r.outcome, kiln_bus::StagingOutcome::Staged(_)),
+                }
+            }
+            kiln_bus::cell::INSTANCE_STATE => {
+                let s = kiln_bus::decode::<InstanceStateChange>(subject, body).ok()?;
+                Heard::State {
+                    guid: s.instance.instance_guid,
+                    state: s.instance.state,
+                }
+            }
+            kiln_bus::router::ROUTER_REGISTER => {
+                let r = kiln_bus::decode::<RegistryMessage>(subject, body).ok()?;
+                Heard::Registered {
+                    instance: r.private_instance_id,
+                    uris: r.uris,
+                }
+            }
+            s if s.starts_with("kiln.logs.") => {
+                let line = kiln_bus::decode::<AppLogLine>(subject, body).ok()?;
+                Heard::Log {
+                    app: line.app_guid,
+                    message: line.message,
+                }
+            }
+            _ => {
+                let s = kiln_bus::decode::<InstanceStart>(subject, body).ok()?;
+                Heard::Start(Box::new(s))
+            }
+        };
+        Some((at, heard))
+    })
+    .await
 }
 
 /// The droplet `layer` run as the cell runs it (same stack, limits, NetIn, the start command
@@ -821,22 +763,7 @@ async fn run_until_answered(
 ) -> Result<Duration> {
     let t0 = Instant::now();
     let info = backend
-        .create(ContainerSpec {
-            handle: handle.to_string(),
-            stack: start.stack.clone(),
-            limits: Limits {
-                memory_bytes: start.memory_mb << 20,
-                disk_bytes: start.disk_mb << 20,
-                cpu_shares: start.memory_mb.clamp(2, 262_144),
-                ..Limits::default()
-            },
-            layers: vec![PathBuf::from(layer)],
-            net_in: vec![NetIn {
-                host_port: None,
-                container_port: kiln_droplet::APP_PORT,
-            }],
-            ..ContainerSpec::default()
-        })
+        .create(kiln_bench::cell_container(handle, layer, start))
         .await?;
     let answered = async {
         let port = info
@@ -844,24 +771,7 @@ async fn run_until_answered(
             .first()
             .map(|m| m.host_port)
             .ok_or_else(|| anyhow!("no NetIn port"))?;
-        let args = kiln_droplet::launcher_args(start_command);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut spec = ProcessSpec::new("/bin/sh", &args).user("vcap");
-        spec.env = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        spec.env
-            .extend(kiln_droplet::instance_env(&kiln_droplet::Instance {
-                app_id: start.app_guid.clone(),
-                app_name: start.app_name.clone(),
-                space_id: start.space_guid.clone(),
-                index: 0,
-                instance_id: handle.to_string(),
-                host_ip: "127.0.0.1".into(),
-                host_port: port,
-                memory_mib: start.memory_mb,
-                disk_mib: start.disk_mb,
-                uris: start.routes.clone(),
-            }));
-        spec.dir = Some(kiln_droplet::APP_DIR.to_string());
+        let spec = kiln_bench::cell_process(handle, port, start, start_command);
         let _process = backend.run(handle, spec).await?;
         let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/");

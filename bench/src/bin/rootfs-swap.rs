@@ -27,12 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
-use futures::StreamExt;
 use kiln_bus::cell::{InstanceStart, InstanceState, InstanceStateChange};
 use kiln_e2e::platform::{
-    self, backend_config, cell_config, send, CellProcess, Leftovers, Platform, Setup, ID_PROCFILE,
+    self, backend_config, cell_config, send, Leftovers, Platform, Setup, ID_PROCFILE,
 };
-use kiln_testkit::Nats;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -50,42 +48,30 @@ const CELL_CONTAINERS: u64 = 16;
 const SWAP_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("rootfs-swap needs root (containers)");
-    }
+    kiln_bench::require_root("rootfs-swap")?;
     let settings = Settings::from_env()?;
-    eprintln!("building kiln-executor");
-    let binary = platform::executor_binary().map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-bench-rootfs-swap-")
-        .tempdir()?;
-    let nats = Nats::start();
+    let scratch = kiln_bench::Scratch::new("rootfs-swap")?;
+    let (dir, nats) = (scratch.dir.path(), &scratch.nats.url);
     let cells: Vec<kiln_executor::Config> = CELLS
         .iter()
         .map(|&index| kiln_executor::Config {
             max_containers: CELL_CONTAINERS,
             timings: kiln_executor::Timings::default(),
-            ..cell_config(dir.path(), index, &nats.url)
+            ..cell_config(dir, index, nats)
         })
         .collect();
-    let mut backends = vec![backend_config(dir.path(), STAGER)];
+    let mut backends = vec![backend_config(dir, STAGER)];
     backends.extend(cells.iter().map(kiln_executor::Config::backend_config));
     let mut leftovers = Leftovers::new(backends);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = bench(dir.path(), &nats.url, &binary, &cells, &settings, &mut leftovers) => r,
-            signal = platform::interrupted() => Err(anyhow!("interrupted ({signal})")),
-        }
-    });
-    drop(runtime);
-    let outcome = kiln_bench::finish(result, &mut leftovers);
-    drop(nats);
-    drop(dir);
-    outcome
+    let result = kiln_bench::run(bench(
+        dir,
+        nats,
+        &scratch.executor,
+        &cells,
+        &settings,
+        &mut leftovers,
+    ));
+    scratch.finish(result, &mut leftovers)
 }
 
 /// The run's settings, from the environment.
@@ -130,21 +116,6 @@ impl Settings {
         }
         Ok(s)
     }
-}
-
-async fn start_cell(
-    dir: &Path,
-    binary: &Path,
-    config: &kiln_executor::Config,
-    name: &str,
-    leftovers: &mut Leftovers,
-) -> Result<()> {
-    let file = dir.join(format!("{name}.toml"));
-    platform::write_cell_config(&file, config).map_err(anyhow::Error::msg)?;
-    let process = CellProcess::start(binary, &file, dir.join(format!("{name}.log")))
-        .map_err(anyhow::Error::msg)?;
-    leftovers.cells.insert(name.into(), process);
-    Ok(())
 }
 
 /// One swap's figures.
@@ -192,7 +163,7 @@ async fn bench(
     .map_err(msg)?;
     let names: Vec<String> = (1..=cells.len()).map(|i| format!("cell{i}")).collect();
     for (config, name) in cells.iter().zip(&names) {
-        start_cell(dir, binary, config, name, leftovers).await?;
+        kiln_bench::start_cell(dir, binary, config, name, leftovers)?;
     }
     for name in &names {
         leftovers.cells[name]
@@ -601,53 +572,36 @@ async fn listen(
     nats_url: &str,
     cells: &[String],
 ) -> Result<mpsc::UnboundedReceiver<(Instant, SystemTime, Heard)>> {
-    let client = async_nats::connect(nats_url).await?;
-    let mut subs = vec![
-        client
-            .subscribe(kiln_bus::cell::INSTANCE_STATE.to_string())
-            .await?,
-    ];
+    let mut subjects = vec![kiln_bus::cell::INSTANCE_STATE.to_string()];
     let mut by_subject = HashMap::new();
     for cell in cells {
         let subject = kiln_bus::cell::start_subject(cell);
-        subs.push(client.subscribe(subject.clone()).await?);
+        subjects.push(subject.clone());
         by_subject.insert(subject, cell.clone());
     }
-    kiln_bus::round_trip(&client, kiln_bus::ROUND_TRIP_TIMEOUT).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut all = futures::stream::select_all(subs);
-    tokio::spawn(async move {
-        let _client = client;
-        while let Some(m) = all.next().await {
-            let (at, wall) = (Instant::now(), SystemTime::now());
-            let heard = if m.subject.as_str() == kiln_bus::cell::INSTANCE_STATE {
-                match kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload) {
-                    Ok(s) => Heard::State {
-                        guid: s.instance.instance_guid,
-                        state: s.instance.state,
-                    },
-                    Err(_) => continue,
-                }
-            } else {
-                match kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload) {
-                    Ok(s) => Heard::Start {
-                        cell: by_subject
-                            .get(m.subject.as_str())
-                            .cloned()
-                            .unwrap_or_default(),
-                        app: s.app_guid,
-                        instance: s.instance_guid,
-                        image: s.stack_image.map(|i| i.digest),
-                    },
-                    Err(_) => continue,
-                }
-            };
-            if tx.send((at, wall, heard)).is_err() {
-                return;
+    kiln_bench::listen(nats_url, subjects, move |m| {
+        let (at, wall) = (Instant::now(), SystemTime::now());
+        let heard = if m.subject.as_str() == kiln_bus::cell::INSTANCE_STATE {
+            let s = kiln_bus::decode::<InstanceStateChange>(&m.subject, &m.payload).ok()?;
+            Heard::State {
+                guid: s.instance.instance_guid,
+                state: s.instance.state,
             }
-        }
-    });
-    Ok(rx)
+        } else {
+            let s = kiln_bus::decode::<InstanceStart>(&m.subject, &m.payload).ok()?;
+            Heard::Start {
+                cell: by_subject
+                    .get(m.subject.as_str())
+                    .cloned()
+                    .unwrap_or_default(),
+                app: s.app_guid,
+                instance: s.instance_guid,
+                image: s.stack_image.map(|i| i.digest),
+            }
+        };
+        Some((at, wall, heard))
+    })
+    .await
 }
 
 /// A log line's timestamp (`2026-01-02T03:04:05.678901Z`, UTC).

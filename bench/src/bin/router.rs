@@ -30,6 +30,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use kiln_bench::env_or;
 use kiln_bus::router::{RegistryMessage, ROUTER_REGISTER};
 use kiln_testkit::{free_port, Nats};
 use serde_json::{json, Value};
@@ -49,13 +50,6 @@ const TARGET_RATIO: f64 = 1.0;
 /// The router's runtime threads (its CPU time is read from their `schedstat`).
 const ROUTER_THREADS: &str = "kiln-router";
 const TARGET_ADDED_P99_MS: f64 = 0.3;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The allocator `kiln-router` runs with, so that the router here costs what it costs there.
 #[global_allocator]

@@ -22,10 +22,7 @@ fn repo() -> PathBuf {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rounds = std::env::var("KILN_BENCH_ITERATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(ROUNDS);
+    let rounds = kiln_bench::env_or("KILN_BENCH_ITERATIONS", ROUNDS);
     let dir = tempfile::tempdir()?;
     let config = Config {
         data_dir: dir.path().join("data"),
