@@ -1,6 +1,8 @@
 //! Knowing the server has what a client sent: `async_nats::Client::flush` only writes the
 //! client's buffer to the socket, so a command published by another connection right after a
 //! component subscribed can still reach the server before the subscription does, and be lost.
+//! (With one server, as Kiln runs NATS; in a NATS cluster the subscription also has to
+//! propagate to the other servers.)
 
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ pub enum RoundTripError {
     Publish(String),
     #[error("the bus did not echo a message within {0:?} (is the connection up?)")]
     Timeout(Duration),
+    #[error("the connection to the bus closed before its echo came back")]
+    Closed,
 }
 
 /// Returns once the server has processed everything `client` sent before, its subscriptions
@@ -41,7 +45,7 @@ pub async fn round_trip(
             .flush()
             .await
             .map_err(|e| RoundTripError::Publish(e.to_string()))?;
-        echo.next().await.ok_or(RoundTripError::Timeout(timeout))?;
+        echo.next().await.ok_or(RoundTripError::Closed)?;
         Ok(())
     };
     // A client without a server queues everything and waits: the whole trip is timed.

@@ -44,15 +44,15 @@ pub enum UploadError {
     /// The package failed its checks.
     #[error("the package failed: {0}")]
     Failed(String),
-    /// The zip is bigger than the controller takes.
+    /// The upload is bigger than the controller takes.
     #[error(
-        "the app's files to upload zip to {zip_mb} MiB, more than the controller's upload \
-         limit of {limit_mb} MiB; leave out what the app does not need with a .kilnignore \
-         (or .cfignore) file"
+        "the app's upload comes to {upload_mb} MiB (its files zipped, and the list of those \
+         the controller has already), more than the controller's upload limit of {limit_mb} \
+         MiB; leave out what the app does not need with a .kilnignore (or .cfignore) file"
     )]
     TooLarge {
-        /// The zip's size, MiB (rounded up).
-        zip_mb: u64,
+        /// The upload's size, MiB (rounded up).
+        upload_mb: u64,
         /// The controller's limit, MiB.
         limit_mb: u64,
     },
@@ -162,8 +162,9 @@ pub async fn upload(
         Some(z) => z.as_file().metadata().map_err(io("the zip"))?.len(),
         None => 0,
     };
+    let resources_json = serde_json::to_string(&resources).unwrap_or_else(|_| "[]".into());
     if zip_bytes > 0 {
-        check_size(client, zip_bytes).await?;
+        check_size(client, zip_bytes, resources_json.len() as u64).await?;
     }
     let bar = if progress {
         let b = ProgressBar::new(zip_bytes);
@@ -178,10 +179,7 @@ pub async fn upload(
         ProgressBar::hidden()
     };
     client.fresh().await?;
-    let mut form = reqwest::multipart::Form::new().text(
-        "resources",
-        serde_json::to_string(&resources).unwrap_or_else(|_| "[]".into()),
-    );
+    let mut form = reqwest::multipart::Form::new().text("resources", resources_json);
     if let Some(z) = &zip {
         let file = tokio::fs::File::open(z.path())
             .await
@@ -225,19 +223,34 @@ pub async fn upload(
     })
 }
 
-/// Refuses a zip over the controller's upload limit before sending any of it: the controller
+/// Room the controller gives a whole upload request over its limit for the zip: the form's
+/// other field (the matched files) and its framing.
+const FORM_ALLOWANCE: u64 = 1 << 20;
+
+/// Refuses an upload over the controller's limit before sending any of it: the controller
 /// would refuse it only once it had read that much, and closes the connection on the rest.
-async fn check_size(client: &mut Client, zip_bytes: u64) -> Result<(), UploadError> {
+/// The zip must fit the limit, and the whole form (with `resources_bytes` of matched files)
+/// the limit and [`FORM_ALLOWANCE`].
+async fn check_size(
+    client: &mut Client,
+    zip_bytes: u64,
+    resources_bytes: u64,
+) -> Result<(), UploadError> {
     let root = client.get("/").await?;
-    let limit = root["links"]["cloud_controller_v3"]["meta"]["max_upload_bytes"].as_u64();
-    match limit {
-        Some(limit) if zip_bytes > limit => Err(UploadError::TooLarge {
-            zip_mb: zip_bytes.div_ceil(1 << 20),
-            limit_mb: limit >> 20,
-        }),
+    let Some(limit) = root["links"]["cloud_controller_v3"]["meta"]["max_upload_bytes"].as_u64()
+    else {
         // An older controller does not say: it answers 413 itself.
-        _ => Ok(()),
+        return Ok(());
+    };
+    // Multipart framing: boundaries and part headers, a few hundred bytes.
+    let form = zip_bytes + resources_bytes + 4096;
+    if zip_bytes > limit || form > limit.saturating_add(FORM_ALLOWANCE) {
+        return Err(UploadError::TooLarge {
+            upload_mb: form.div_ceil(1 << 20),
+            limit_mb: limit >> 20,
+        });
     }
+    Ok(())
 }
 
 /// Polls the package until it is READY (FAILED: its error).

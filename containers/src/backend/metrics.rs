@@ -2,7 +2,8 @@
 //! btrfs qgroup in sysfs. A container's files are opened at its first reading and kept with it:
 //! each later reading is one `pread` from offset 0 per file (cgroup and sysfs files show their
 //! current value at every read from the start), so a cell reading 50 containers every 15 s makes
-//! 150 system calls a round instead of about 1 000.
+//! 150 system calls a round instead of about 1 000. Where a file cannot be opened (no qgroup in
+//! sysfs, no such cgroup controller) they are all opened again at the next reading.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -56,13 +57,13 @@ fn number(file: Option<&File>) -> Option<u64> {
 
 /// The container's usage now (0 for what the kernel does not show).
 pub(super) fn read(inner: &Inner, handle: &str) -> Result<ContainerMetrics> {
-    let (record, kept) = inner.record_and_metrics_files(handle)?;
+    let (record, kept, entry) = inner.record_and_metrics_files(handle)?;
     let files = match kept {
         Some(files) => files,
         None => {
             let files = Arc::new(MetricsFiles::open(inner, handle));
             if files.complete() {
-                inner.keep_metrics_files(handle, files.clone());
+                inner.keep_metrics_files(handle, &entry, files.clone());
             }
             files
         }

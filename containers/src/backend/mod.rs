@@ -67,6 +67,9 @@ struct Table {
     ports: PortAllocator,
 }
 
+/// Which entry of the table a container is: its process set, made with the entry.
+struct EntryId(Arc<Mutex<BTreeSet<String>>>);
+
 #[derive(Debug)]
 struct Entry {
     record: ContainerRecord,
@@ -463,22 +466,29 @@ impl Inner {
             .ok_or_else(|| Error::NotFound(handle.to_string()))
     }
 
-    /// The container's record and its usage counters if they were opened before.
+    /// The container's record, its usage counters if they were opened before, and which entry
+    /// of the table it is (a container of the same handle made later is another).
     fn record_and_metrics_files(
         &self,
         handle: &str,
-    ) -> Result<(ContainerRecord, Option<Arc<metrics::MetricsFiles>>)> {
+    ) -> Result<(ContainerRecord, Option<Arc<metrics::MetricsFiles>>, EntryId)> {
         self.table()
             .containers
             .get(handle)
-            .map(|e| (e.record.clone(), e.metrics.clone()))
+            .map(|e| {
+                let id = EntryId(e.processes.clone());
+                (e.record.clone(), e.metrics.clone(), id)
+            })
             .ok_or_else(|| Error::NotFound(handle.to_string()))
     }
 
-    /// Keeps the container's counters open (until it goes).
-    fn keep_metrics_files(&self, handle: &str, files: Arc<metrics::MetricsFiles>) {
+    /// Keeps the container's counters open (until it goes), if `handle` is still the entry
+    /// they were opened for.
+    fn keep_metrics_files(&self, handle: &str, id: &EntryId, files: Arc<metrics::MetricsFiles>) {
         if let Some(entry) = self.table().containers.get_mut(handle) {
-            entry.metrics = Some(files);
+            if Arc::ptr_eq(&entry.processes, &id.0) && entry.metrics.is_none() {
+                entry.metrics = Some(files);
+            }
         }
     }
 
