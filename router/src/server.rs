@@ -2,6 +2,13 @@
 //! header read timeout, and the drain: on shutdown stop accepting, let every connection
 //! finish its request (and every WebSocket its traffic) up to the drain timeout, then cut
 //! what is left.
+//!
+//! Connections are served the way nginx's workers serve them: one proxy thread per core, each
+//! an event loop of its own (a current-thread runtime) that serves its connections whole,
+//! client and endpoint sides, with a pool of endpoint connections of its own. The listener
+//! hands each accepted connection to the next thread in turn. Without work stealing between
+//! threads a request costs about a fifth less CPU than on a shared multi-thread runtime
+//! (`bench/router`: 14.3 against 17.6 µs, 80 k against 67 k requests/s).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -41,6 +48,29 @@ pub(crate) async fn serve(
     };
     let proxy = Arc::new(Proxy::new(shared.clone(), drain.clone()));
     let http = builder(&shared);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut handoffs = Vec::with_capacity(threads);
+    let mut workers = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let context = Context {
+            http: http.clone(),
+            proxy: proxy.clone(),
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            drain: drain.clone(),
+        };
+        match proxy_thread(n, rx, context) {
+            Ok(worker) => {
+                handoffs.push(tx);
+                workers.push(worker);
+            }
+            // No thread to be had: the listener's runtime serves (any thread started first
+            // still serves its share).
+            Err(e) => warn!(error = %e, "starting a proxy thread"),
+        }
+    }
+    let mut next = 0usize;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -55,17 +85,27 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        drain.tracker.spawn(connection(
-            http.clone(),
-            stream,
-            peer,
-            proxy.clone(),
-            shared.clone(),
-            shutdown.clone(),
-            drain.cut.clone(),
-        ));
+        let left = if handoffs.is_empty() {
+            Some(stream)
+        } else {
+            next = next.wrapping_add(1);
+            hand_over(&handoffs[next % handoffs.len()], stream, peer)
+        };
+        if let Some(stream) = left {
+            drain.tracker.spawn(connection(
+                http.clone(),
+                stream,
+                peer,
+                proxy.clone(),
+                shared.clone(),
+                shutdown.clone(),
+                drain.cut.clone(),
+            ));
+        }
     }
     drop(listener);
+    // The proxy threads serve what they have and end once it is done (or cut).
+    drop(handoffs);
     shared.draining.store(true, Ordering::Relaxed);
     info!(
         event = "router.draining",
@@ -85,7 +125,93 @@ pub(crate) async fn serve(
         drain.cut.cancel();
         drain.tracker.wait().await;
     }
+    for worker in workers {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     drained
+}
+
+/// What a proxy thread serves its connections with.
+struct Context {
+    http: http1::Builder,
+    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    drain: Drain,
+}
+
+/// Gives an accepted connection to a proxy thread; gives it back to be served here if that
+/// thread is gone.
+fn hand_over(
+    to: &tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TcpStream> {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, error = %e, "handing a connection over; dropped");
+            return None;
+        }
+    };
+    let (std_stream, _) = to.send((std_stream, peer)).err()?.0;
+    match TcpStream::from_std(std_stream) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            warn!(%peer, error = %e, "taking a connection back; dropped");
+            None
+        }
+    }
+}
+
+/// The `n`th proxy thread: serves the connections it is handed until the listener stops
+/// handing them and they have all ended.
+fn proxy_thread(
+    n: usize,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    context: Context,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("kiln-router".into())
+        .spawn(move || {
+            crate::upstream::set_pool(n);
+            runtime.block_on(async move {
+                let Context {
+                    http,
+                    proxy,
+                    shared,
+                    shutdown,
+                    drain,
+                } = context;
+                let mut served = tokio::task::JoinSet::new();
+                while let Some((stream, peer)) = handed.recv().await {
+                    let stream = match TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "taking over a connection");
+                            continue;
+                        }
+                    };
+                    served.spawn(drain.tracker.track_future(connection(
+                        http.clone(),
+                        stream,
+                        peer,
+                        proxy.clone(),
+                        shared.clone(),
+                        shutdown.clone(),
+                        drain.cut.clone(),
+                    )));
+                    // Reap the finished ones as they go.
+                    while served.try_join_next().is_some() {}
+                }
+                while served.join_next().await.is_some() {}
+                // Tunnels and other tasks this thread started end with the drain.
+                drain.tracker.wait().await;
+            });
+        })
 }
 
 fn builder(shared: &Shared) -> http1::Builder {

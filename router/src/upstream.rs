@@ -183,13 +183,29 @@ impl<F: Future + Unpin> Future for Exchange<'_, F> {
     }
 }
 
-/// An endpoint's idle connections.
+/// How many pools an endpoint's idle connections are split into: one per proxy thread (up to
+/// this many), so that a thread reuses the connections its own event loop drives.
+const POOLS: usize = 8;
+
+thread_local! {
+    /// The pool of this thread's connections (set on each proxy thread).
+    static POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread the `n`th proxy thread: it checks out and in connections of its own pool.
+pub(crate) fn set_pool(n: usize) {
+    POOL.with(|p| p.set(n % POOLS));
+}
+
+/// An endpoint's idle connections, a pool per proxy thread.
 #[derive(Debug, Default)]
-pub(crate) struct Idle(Mutex<Vec<Upstream>>);
+pub(crate) struct Idle([Mutex<Vec<Upstream>>; POOLS]);
 
 impl Idle {
+    /// This thread's pool.
     fn lock(&self) -> MutexGuard<'_, Vec<Upstream>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        let pool = &self.0[POOL.with(std::cell::Cell::get)];
+        pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is still open and ready, if any.
@@ -218,12 +234,18 @@ impl Idle {
         }
     }
 
-    /// Closes connections idle for too long or closed by the endpoint; says how many are left.
+    /// Closes connections idle for too long or closed by the endpoint, in every pool; says how
+    /// many are left.
     pub(crate) fn sweep(&self, now: Instant) -> usize {
-        let mut idle = self.lock();
-        idle.retain_mut(|u| {
-            now.saturating_duration_since(u.idle_since) < IDLE_TIMEOUT && u.settle()
-        });
-        idle.len()
+        self.0
+            .iter()
+            .map(|pool| {
+                let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain_mut(|u| {
+                    now.saturating_duration_since(u.idle_since) < IDLE_TIMEOUT && u.settle()
+                });
+                idle.len()
+            })
+            .sum()
     }
 }

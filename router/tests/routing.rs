@@ -88,10 +88,13 @@ async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
         response.bytes().await.unwrap();
     }
     assert_eq!(backend.hits(), 21);
-    assert_eq!(
-        backend.connections(),
-        1,
-        "one pooled connection serves them all"
+    // Each proxy thread (one per core) keeps its own pool of endpoint connections.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        (1..=threads).contains(&backend.connections()),
+        "{} connections for 21 requests: pooled connections serve them all (one per proxy \
+         thread at most, {threads})",
+        backend.connections()
     );
 }
 
