@@ -207,6 +207,11 @@ fn proxy_thread(
                     // Reap the finished ones as they go.
                     while served.try_join_next().is_some() {}
                 }
+                if !shutdown.is_cancelled() {
+                    // The listener went away without a shutdown (its runtime ended): this
+                    // thread's connections end with this runtime.
+                    return;
+                }
                 while served.join_next().await.is_some() {}
                 // Tunnels and other tasks this thread started end with the drain.
                 drain.tracker.wait().await;
