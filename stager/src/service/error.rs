@@ -77,18 +77,7 @@ impl TransferError {
     /// A reqwest error with its chain of causes ("error sending request: connection refused"),
     /// without the URL, which the caller names.
     pub(crate) fn http(e: reqwest::Error) -> TransferError {
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        TransferError::Http(text)
+        TransferError::Http(with_causes(&e.without_url()))
     }
 
     pub(crate) fn io(
