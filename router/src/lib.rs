@@ -7,7 +7,9 @@
 //! - [`config`]: the settings, from a TOML file and flags;
 //! - [`table`]: the route table (host + path prefix → endpoints, pruning, balancing);
 //! - `bus`: the NATS side (register/unregister, `router.start`, `router.greet`, pruning);
-//! - `proxy`: one request: route lookup, forwarding headers, attempts, upgrades;
+//! - `forward`: the forwarding path for plain HTTP/1.1 requests (heads copied with the
+//!   router's edits, bodies passed through), which leaves the rest to `proxy`;
+//! - `proxy`: one request on hyper: route lookup, forwarding headers, attempts, upgrades;
 //! - `upstream`: connections to endpoints, pooled per endpoint, driven by the requests;
 //! - `server`: the proxy listener, connections and the drain;
 //! - `rtr`: the RTR access log lines, queued by requests and published to apps' logs;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod table;
 
 mod bus;
+mod forward;
 mod proxy;
 mod rtr;
 mod server;

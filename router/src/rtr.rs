@@ -86,17 +86,22 @@ pub(crate) struct Record {
 
 /// The request head an RTR line tells of.
 #[derive(Debug)]
-pub(crate) struct Seen {
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
+pub(crate) enum Seen {
+    /// hyper's path: the parsed head.
+    Parts {
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: HeaderMap,
+    },
+    /// The forwarding path: the head as sent to the endpoint (read when the line is written).
+    Forwarded(Vec<u8>),
 }
 
 impl Seen {
     /// The head, taken over (once the request needs it no more).
     pub(crate) fn take(parts: Parts) -> Seen {
-        Seen {
+        Seen::Parts {
             method: parts.method,
             uri: parts.uri,
             version: parts.version,
@@ -106,16 +111,89 @@ impl Seen {
 
     /// A copy of the head.
     pub(crate) fn copy(parts: &Parts) -> Seen {
-        Seen {
+        Seen::Parts {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
         }
     }
+}
 
-    fn header(&self, name: impl hyper::header::AsHeaderName) -> Option<&HeaderValue> {
-        self.headers.get(name)
+/// What a line needs of a request head.
+#[derive(Default)]
+struct Told<'a> {
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    version: &'a str,
+    referer: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    forwarded_for: Option<&'a [u8]>,
+    forwarded_proto: Option<&'a [u8]>,
+    request_id: Option<&'a [u8]>,
+}
+
+impl Seen {
+    /// Reads what the line tells out of the head; `headers` is room to parse a forwarded one.
+    fn told<'a>(&'a self, headers: &'a mut [httparse::Header<'a>]) -> Told<'a> {
+        match self {
+            Seen::Parts {
+                method,
+                uri,
+                version,
+                headers: map,
+            } => {
+                let get = |name: &str| map.get(name).map(HeaderValue::as_bytes);
+                Told {
+                    host: map
+                        .get(HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| uri.host())
+                        .unwrap_or("-"),
+                    method: method.as_str(),
+                    path: uri.path_and_query().map_or("/", |p| p.as_str()),
+                    version: match *version {
+                        Version::HTTP_09 => "HTTP/0.9",
+                        Version::HTTP_10 => "HTTP/1.0",
+                        Version::HTTP_2 => "HTTP/2.0",
+                        Version::HTTP_3 => "HTTP/3.0",
+                        _ => "HTTP/1.1",
+                    },
+                    referer: get(REFERER.as_str()),
+                    user_agent: get(USER_AGENT.as_str()),
+                    forwarded_for: get("x-forwarded-for"),
+                    forwarded_proto: get("x-forwarded-proto"),
+                    request_id: get(crate::proxy::REQUEST_ID.as_str()),
+                }
+            }
+            Seen::Forwarded(head) => {
+                let mut request = httparse::Request::new(headers);
+                if request.parse(head).is_err() {
+                    return Told::default();
+                }
+                let get = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| h.value)
+                };
+                Told {
+                    host: get("host")
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .unwrap_or("-"),
+                    method: request.method.unwrap_or("-"),
+                    path: request.path.unwrap_or("/"),
+                    version: "HTTP/1.1",
+                    referer: get("referer"),
+                    user_agent: get("user-agent"),
+                    forwarded_for: get("x-forwarded-for"),
+                    forwarded_proto: get("x-forwarded-proto"),
+                    request_id: get("x-vcap-request-id"),
+                }
+            }
+        }
     }
 }
 
@@ -161,6 +239,12 @@ impl Pending {
         }
     }
 
+    /// Counts `n` request body bytes (read whole before the request was sent).
+    pub(crate) fn with_request_bytes(mut self, n: u64) -> Pending {
+        self.record.request_bytes = n;
+        self
+    }
+
     /// The record, once `response_bytes` were sent.
     pub(crate) fn finish(self, response_bytes: u64) -> Record {
         let Pending {
@@ -169,7 +253,9 @@ impl Pending {
             request_read,
         } = self;
         record.response_bytes = response_bytes;
-        record.request_bytes = request_read.map_or(0, |n| n.load(Ordering::Relaxed));
+        if let Some(read) = request_read {
+            record.request_bytes = read.load(Ordering::Relaxed);
+        }
         record.response_time = started.elapsed();
         record
     }
@@ -189,20 +275,14 @@ impl Record {
     }
 
     fn write_message(&self, m: &mut impl Write) -> std::fmt::Result {
-        let request = &self.request;
-        let host = request
-            .header(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri.host())
-            .unwrap_or("-");
-        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let version = match request.version {
-            Version::HTTP_09 => "HTTP/0.9",
-            Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_3 => "HTTP/3.0",
-            _ => "HTTP/1.1",
-        };
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let request = self.request.told(&mut headers);
+        let Told {
+            host,
+            path,
+            version,
+            ..
+        } = request;
         let e = &self.endpoint;
         write!(
             m,
@@ -214,13 +294,13 @@ impl Record {
             self.status,
             self.request_bytes,
             self.response_bytes,
-            Value(request.header(REFERER)),
-            Value(request.header(USER_AGENT)),
+            Value(request.referer),
+            Value(request.user_agent),
             self.client,
             Backend(e),
-            Value(request.header("x-forwarded-for")),
-            Value(request.header("x-forwarded-proto")),
-            Value(request.header(crate::proxy::REQUEST_ID)),
+            Value(request.forwarded_for),
+            Value(request.forwarded_proto),
+            Value(request.request_id),
             self.response_time.as_secs(),
             self.response_time.subsec_micros(),
             Quoted(&e.app),
@@ -351,11 +431,11 @@ impl std::fmt::Display for Backend<'_> {
 }
 
 /// A header value in the line (`-` when absent).
-struct Value<'a>(Option<&'a HeaderValue>);
+struct Value<'a>(Option<&'a [u8]>);
 
 impl std::fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.0.map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let text = self.0.map(String::from_utf8_lossy);
         Quoted(text.as_deref().unwrap_or_default()).fmt(f)
     }
 }

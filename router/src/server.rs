@@ -3,6 +3,9 @@
 //! finish its request (and every WebSocket its traffic) up to the drain timeout, then cut
 //! what is left.
 //!
+//! A connection's plain requests are served by the forwarding path ([`crate::forward`]); the
+//! first request it leaves to hyper makes hyper serve the rest of the connection.
+//!
 //! Connections are served the way nginx's workers serve them: one proxy thread per core, each
 //! an event loop of its own (a current-thread runtime) that serves its connections whole,
 //! client and endpoint sides, with a pool of endpoint connections of its own. The listener
@@ -24,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::forward::{self, Rewind, Served};
 use crate::metrics::bump;
 use crate::proxy::Proxy;
 use crate::Shared;
@@ -227,16 +231,23 @@ fn builder(shared: &Shared) -> http1::Builder {
 
 async fn connection(
     http: http1::Builder,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) {
+    let served = tokio::select! {
+        served = forward::serve(&mut stream, peer, &shared, &shutdown) => served,
+        () = cut.cancelled() => return,
+    };
+    let Served::Hyper(read) = served else {
+        return;
+    };
     let service = service_fn(move |request| proxy.clone().handle(request, peer));
     let conn = http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Rewind::new(read, stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

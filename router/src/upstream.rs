@@ -77,34 +77,43 @@ pub(crate) enum DialError {
     Handshake(#[source] hyper::Error),
 }
 
+/// A TCP connection to `endpoint` (TCP_NODELAY on), within `timeout`.
+pub(crate) async fn connect(
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
+    let connect = async {
+        let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+        let addr = match host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, endpoint.port),
+            Err(_) => tokio::net::lookup_host((host, endpoint.port))
+                .await
+                .and_then(|mut addrs| {
+                    addrs
+                        .next()
+                        .ok_or_else(|| std::io::Error::other("no address"))
+                })
+                .map_err(|source| DialError::Resolve {
+                    host: host.to_string(),
+                    source,
+                })?,
+        };
+        TcpStream::connect(addr).await.map_err(DialError::Connect)
+    };
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| DialError::Timeout(timeout))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 impl Upstream {
-    /// Connects to `endpoint` (TCP_NODELAY on), within `timeout`.
+    /// Connects to `endpoint` and sets up HTTP/1.1 on the connection, within `timeout`.
     pub(crate) async fn dial(
         endpoint: &Endpoint,
         timeout: Duration,
     ) -> Result<Upstream, DialError> {
-        let connect = async {
-            let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
-            let addr = match host.parse::<IpAddr>() {
-                Ok(ip) => SocketAddr::new(ip, endpoint.port),
-                Err(_) => tokio::net::lookup_host((host, endpoint.port))
-                    .await
-                    .and_then(|mut addrs| {
-                        addrs
-                            .next()
-                            .ok_or_else(|| std::io::Error::other("no address"))
-                    })
-                    .map_err(|source| DialError::Resolve {
-                        host: host.to_string(),
-                        source,
-                    })?,
-            };
-            TcpStream::connect(addr).await.map_err(DialError::Connect)
-        };
-        let stream = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| DialError::Timeout(timeout))??;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(endpoint, timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -133,12 +142,6 @@ impl Upstream {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    /// Polls the connection once without waiting; says whether it can take a request.
-    fn settle(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.poll_conn(&mut cx).is_pending() && self.sender.is_ready()
     }
 
     /// Sends `request` and drives the connection until the response head. An error gives
@@ -183,6 +186,44 @@ impl<F: Future + Unpin> Future for Exchange<'_, F> {
     }
 }
 
+/// A connection an endpoint's pool can keep while it is idle.
+pub(crate) trait Pooled {
+    /// Looks at the connection without waiting; says whether it can take a request (the
+    /// endpoint did not close it meanwhile).
+    fn settle(&mut self) -> bool;
+    /// Whether it ended and cannot go back to the pool.
+    fn ended(&self) -> bool;
+    /// When it went back to the pool.
+    fn idle_since(&self) -> Instant;
+    /// Marks it idle from `now`.
+    fn set_idle(&mut self, now: Instant);
+    /// Marks it taken from the pool (rather than dialled for the request).
+    fn set_reused(&mut self);
+}
+
+impl Pooled for Upstream {
+    fn settle(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_conn(&mut cx).is_pending() && self.sender.is_ready()
+    }
+
+    fn ended(&self) -> bool {
+        self.done
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
+
+    fn set_idle(&mut self, now: Instant) {
+        self.idle_since = now;
+    }
+
+    fn set_reused(&mut self) {
+        self.reused = true;
+    }
+}
+
 /// How many pools an endpoint's idle connections are split into: one per proxy thread (up to
 /// this many), so that a thread reuses the connections its own event loop drives.
 const POOLS: usize = 8;
@@ -197,40 +238,44 @@ pub(crate) fn set_pool(n: usize) {
     POOL.with(|p| p.set(n % POOLS));
 }
 
-/// An endpoint's idle connections, a pool per proxy thread.
-#[derive(Debug, Default)]
-pub(crate) struct Idle([Mutex<Vec<Upstream>>; POOLS]);
+/// An endpoint's idle connections of one kind, a pool per proxy thread.
+#[derive(Debug)]
+pub(crate) struct Idle<C>([Mutex<Vec<C>>; POOLS]);
 
-impl Idle {
+impl<C> Default for Idle<C> {
+    fn default() -> Self {
+        Idle(std::array::from_fn(|_| Mutex::new(Vec::new())))
+    }
+}
+
+impl<C: Pooled> Idle<C> {
     /// This thread's pool.
-    fn lock(&self) -> MutexGuard<'_, Vec<Upstream>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<C>> {
         let pool = &self.0[POOL.with(std::cell::Cell::get)];
         pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is still open and ready, if any.
-    pub(crate) fn checkout(&self, now: Instant) -> Option<Upstream> {
+    pub(crate) fn checkout(&self, now: Instant) -> Option<C> {
         loop {
-            let mut upstream = self.lock().pop()?;
-            if now.saturating_duration_since(upstream.idle_since) < IDLE_TIMEOUT
-                && upstream.settle()
-            {
-                upstream.reused = true;
-                return Some(upstream);
+            let mut conn = self.lock().pop()?;
+            if now.saturating_duration_since(conn.idle_since()) < IDLE_TIMEOUT && conn.settle() {
+                conn.set_reused();
+                return Some(conn);
             }
         }
     }
 
     /// Takes a connection back after a response that ended cleanly, if the pool has room
     /// for it (whether it can serve another request is seen at checkout).
-    pub(crate) fn checkin(&self, mut upstream: Upstream, max: usize) {
-        if upstream.done {
+    pub(crate) fn checkin(&self, mut conn: C, max: usize) {
+        if conn.ended() {
             return;
         }
-        upstream.idle_since = Instant::now();
+        conn.set_idle(Instant::now());
         let mut idle = self.lock();
         if idle.len() < max {
-            idle.push(upstream);
+            idle.push(conn);
         }
     }
 
@@ -241,8 +286,8 @@ impl Idle {
             .iter()
             .map(|pool| {
                 let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain_mut(|u| {
-                    now.saturating_duration_since(u.idle_since) < IDLE_TIMEOUT && u.settle()
+                idle.retain_mut(|c| {
+                    now.saturating_duration_since(c.idle_since()) < IDLE_TIMEOUT && c.settle()
                 });
                 idle.len()
             })

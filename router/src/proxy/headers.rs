@@ -190,7 +190,7 @@ impl RouterError {
         }
     }
 
-    fn message(self, host: &str) -> String {
+    pub(crate) fn message(self, host: &str) -> String {
         match self {
             RouterError::EmptyHost => "400 Bad Request: Request had no Host header.\n".into(),
             RouterError::UnknownRoute => {
@@ -203,6 +203,41 @@ impl RouterError {
                 "504 Gateway Timeout: Registered endpoint for '{host}' did not answer in time.\n"
             ),
         }
+    }
+
+    /// The response as bytes for the forwarding path (the same head and text as
+    /// [`Self::response`]; no text for a HEAD request; `close`: the connection closes after).
+    pub(crate) fn raw(
+        self,
+        host: &str,
+        request_id: &HeaderValue,
+        head_only: bool,
+        close: bool,
+    ) -> Vec<u8> {
+        let text = self.message(host);
+        let status = self.status();
+        let mut out = Vec::with_capacity(256 + text.len());
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\n{ROUTER_ERROR}: {}\r\n{REQUEST_ID}: ",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
+            self.code(),
+        );
+        out.extend_from_slice(request_id.as_bytes());
+        let _ = write!(
+            out,
+            "\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+            text.len()
+        );
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(text.as_bytes());
+        }
+        out
     }
 
     /// The response: status, `X-Cf-Routererror`, the request id, a short text naming `host`.

@@ -35,8 +35,7 @@ use crate::upstream::Upstream;
 use crate::Shared;
 pub(crate) use body::AttemptBody;
 use body::{BodySource, OnEnd, Streamed};
-use headers::RouterError;
-pub(crate) use headers::REQUEST_ID;
+pub(crate) use headers::{new_request_id, RouterError, REQUEST_ID};
 
 /// What the router answers with.
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;

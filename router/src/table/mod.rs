@@ -176,7 +176,7 @@ impl Table {
             .values()
             .flatten()
             .flat_map(|(_, pool)| &pool.entries)
-            .map(|e| e.endpoint.idle.sweep(now))
+            .map(|e| e.endpoint.idle.sweep(now) + e.endpoint.streams.sweep(now))
             .sum()
     }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::http::uri::Authority;
 
-use crate::upstream::Idle;
+use crate::forward::EndpointConn;
+use crate::upstream::{Idle, Upstream};
 
 use crate::config::Balancing;
 
@@ -34,8 +35,11 @@ pub struct Endpoint {
     /// of `X-CF-ApplicationID`, `X-CF-InstanceID` and `X-CF-InstanceIndex` (`None`: the
     /// header is left out).
     pub(crate) prepared: Prepared,
-    /// Idle keep-alive connections to it.
-    pub(crate) idle: Idle,
+    /// Idle keep-alive connections to it, set up by hyper (the requests the forwarding path
+    /// leaves to hyper use them).
+    pub(crate) idle: Idle<Upstream>,
+    /// Idle keep-alive connections to it of the forwarding path.
+    pub(crate) streams: Idle<EndpointConn>,
 }
 
 /// An endpoint's parts of every request to it, made when it is registered.
@@ -62,6 +66,7 @@ impl Endpoint {
         let value = |v: &str| HeaderValue::from_str(v).ok().filter(|_| !v.is_empty());
         let mut endpoint = Endpoint {
             idle: Idle::default(),
+            streams: Idle::default(),
             prepared: Prepared {
                 authority: None,
                 app: value(&app),
