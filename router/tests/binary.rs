@@ -69,9 +69,9 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-router"))
         .arg("--config")
         .arg(&file)
-        .env("KILN_LOG", "warn")
+        .env("KILN_LOG", "warn,kiln_router::access=info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -126,5 +126,12 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("method=GET")
+            && l.contains("path=\"/\"")
+            && l.contains("status=200")),
+        "no access log line for the request:\n{log}"
+    );
 }

@@ -76,19 +76,22 @@ pub(crate) struct Plan {
     pub(crate) request_id: HeaderValue,
     /// The head for the endpoint, up to the endpoint's own headers (see [`finish_request`]).
     pub(crate) head: Vec<u8>,
-    /// Where the method and the request target are in `head`.
+    /// Where the method and the request target are in the client's buffer.
     pub(crate) method: Range<usize>,
     pub(crate) target: Range<usize>,
 }
 
 impl Plan {
-    pub(crate) fn method(&self) -> &str {
-        std::str::from_utf8(&self.head[self.method.clone()]).unwrap_or_default()
+    /// The method, read from the client's buffer (`buf`, still holding the request).
+    pub(crate) fn method<'b>(&self, buf: &'b [u8]) -> &'b str {
+        let method = buf.get(self.method.clone()).unwrap_or_default();
+        std::str::from_utf8(method).unwrap_or_default()
     }
 
-    /// The request target's path (without the query).
-    pub(crate) fn path(&self) -> &str {
-        let target = std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("/");
+    /// The request target's path (without the query), read from the client's buffer.
+    pub(crate) fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
+        let target = buf.get(self.target.clone()).unwrap_or_default();
+        let target = std::str::from_utf8(target).unwrap_or("/");
         target.split('?').next().unwrap_or(target)
     }
 }
@@ -173,13 +176,15 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
         return Parsed::Hyper;
     };
 
+    // Both are parts of `buf`.
+    let within = |part: &str| {
+        let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        start..start + part.len()
+    };
     let mut head = Vec::with_capacity(head_len + 256);
     head.extend_from_slice(method.as_bytes());
-    let method_range = 0..head.len();
     head.push(b' ');
-    let target_start = head.len();
     head.extend_from_slice(target.as_bytes());
-    let target_range = target_start..head.len();
     head.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     let mut request_id = None;
@@ -237,8 +242,8 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
         head_only: method == "HEAD",
         request_id,
         head,
-        method: method_range,
-        target: target_range,
+        method: within(method),
+        target: within(target),
     })
 }
 

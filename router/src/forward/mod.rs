@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFuture;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub(crate) use endpoint::EndpointConn;
 pub(crate) use rewind::Rewind;
@@ -162,25 +162,18 @@ impl Conn<'_, '_> {
                 return Next::Request(p);
             }
             self.buf.reserve(READ_SIZE);
-            let read = match self.client.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let idle = self.buf.is_empty();
-                    tokio::select! {
-                        ready = self.client.readable() => match ready {
-                            Ok(()) => continue,
-                            Err(e) => Err(e),
-                        },
-                        () = self.timer.as_mut() => {
-                            if !waiting {
-                                bump(&self.shared.metrics.header_timeouts);
-                            }
-                            debug!(peer = %self.peer, "no whole request head in time; closing");
-                            return Next::Closed;
-                        }
-                        () = self.shutdown.as_mut(), if idle => return Next::Closed,
+            let idle = self.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = self.client.read_buf(&mut self.buf) => read,
+                () = self.timer.as_mut() => {
+                    if !waiting {
+                        bump(&self.shared.metrics.header_timeouts);
                     }
+                    debug!(peer = %self.peer, "no whole request head in time; closing");
+                    return Next::Closed;
                 }
-                read => read,
+                () = self.shutdown.as_mut(), if idle => return Next::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,
@@ -210,13 +203,44 @@ impl Conn<'_, '_> {
             request_id = plan.request_id.to_str().unwrap_or_default(),
             host = plan.host.as_str(),
         );
-        let _entered = span.enter();
-        let consumed = plan.head_len + plan.body_len;
+        let (status, endpoint, keep) = self
+            .proxy(&mut plan, arrival)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| {
+            info!(
+                target: "kiln_router::access",
+                method = %plan.method(&self.buf), path = plan.path(&self.buf), status,
+                endpoint = endpoint.as_deref().map(Endpoint::address).unwrap_or_default(),
+                ms = arrival.at.elapsed().as_millis() as u64,
+                "request"
+            )
+        });
+        self.buf.advance(plan.head_len + plan.body_len);
+        keep
+    }
+
+    /// Sends the request to an endpoint and its answer (or the router's) to the client;
+    /// says with what status, from which endpoint, and whether the connection stays open.
+    async fn proxy(
+        &mut self,
+        plan: &mut Plan,
+        arrival: Arrival,
+    ) -> (u16, Option<Arc<Endpoint>>, bool) {
+        let shared = self.shared;
+        let metrics = &shared.metrics;
         let common = plan.head.len();
         let mut head = std::mem::take(&mut plan.head);
-        let outcome = self.attempts(&plan, &mut head).await;
+        let outcome = self.attempts(plan, &mut head).await;
         let close = plan.close || self.shutting_down.is_cancelled();
-        let (status, endpoint, keep) = match outcome {
+        // What the RTR line tells: the request as the endpoint got it (without the
+        // endpoint's own headers).
+        let seen = |mut head: Vec<u8>| {
+            head.truncate(common);
+            head.extend_from_slice(b"\r\n");
+            Seen::Forwarded(head)
+        };
+        match outcome {
             Outcome::Answered {
                 lease,
                 conn,
@@ -226,20 +250,11 @@ impl Conn<'_, '_> {
                 let endpoint = lease.endpoint().clone();
                 metrics.response(status);
                 metrics.latency.observe(arrival.at.elapsed());
-                // What the RTR line tells: the request as the endpoint got it.
-                head.truncate(common);
-                head.extend_from_slice(b"\r\n");
                 let (keep, sent) = self.respond(answer, conn, &lease, close).await;
                 if shared.rtr.enabled() && !endpoint.app.is_empty() {
-                    let pending = Pending::new(
-                        Seen::Forwarded(head),
-                        self.peer,
-                        &endpoint,
-                        status,
-                        arrival,
-                        None,
-                    )
-                    .with_request_bytes(plan.body_len as u64);
+                    let pending =
+                        Pending::new(seen(head), self.peer, &endpoint, status, arrival, None)
+                            .with_request_bytes(plan.body_len as u64);
                     shared.rtr.offer(pending.finish(sent), metrics);
                 }
                 (status, Some(endpoint), keep)
@@ -250,39 +265,21 @@ impl Conn<'_, '_> {
                 metrics.latency.observe(arrival.at.elapsed());
                 let answer = error.raw(&plan.host, &plan.request_id, plan.head_only, close);
                 let keep = self.client.write_all(&answer).await.is_ok() && !close;
-                if let Some(endpoint) = endpoint.as_ref().filter(|e| !e.app.is_empty()) {
-                    if shared.rtr.enabled() {
-                        head.truncate(common);
-                        head.extend_from_slice(b"\r\n");
-                        let sent = if plan.head_only {
-                            0
-                        } else {
-                            error.message(&plan.host).len()
-                        };
-                        let pending = Pending::new(
-                            Seen::Forwarded(head),
-                            self.peer,
-                            endpoint,
-                            status,
-                            arrival,
-                            None,
-                        )
-                        .with_request_bytes(plan.body_len as u64);
-                        shared.rtr.offer(pending.finish(sent as u64), metrics);
-                    }
+                let logged = endpoint.as_ref().filter(|e| !e.app.is_empty());
+                if let (Some(endpoint), true) = (logged, shared.rtr.enabled()) {
+                    let sent = if plan.head_only {
+                        0
+                    } else {
+                        error.message(&plan.host).len() as u64
+                    };
+                    let pending =
+                        Pending::new(seen(head), self.peer, endpoint, status, arrival, None)
+                            .with_request_bytes(plan.body_len as u64);
+                    shared.rtr.offer(pending.finish(sent), metrics);
                 }
                 (status, endpoint, keep)
             }
-        };
-        info!(
-            target: "kiln_router::access",
-            method = plan.method(), path = plan.path(), status,
-            endpoint = endpoint.as_deref().map(Endpoint::address).unwrap_or_default(),
-            ms = arrival.at.elapsed().as_millis() as u64,
-            "request"
-        );
-        self.buf.advance(consumed);
-        keep
+        }
     }
 
     /// Tries up to [`MAX_ATTEMPTS`] endpoints of the route until one answers.
@@ -369,8 +366,9 @@ impl Conn<'_, '_> {
         conn.buf.advance(len);
         let mut sent = 0u64;
         let mut ended = false;
-        // The head goes out with the body bytes that came with it.
-        let mut pending = out;
+        // The head goes out with the body bytes that came with it; later parts go out as
+        // they are read.
+        let mut head = Some(out);
         loop {
             let (n, done) = match framing.take(&conn.buf) {
                 Ok(taken) => taken,
@@ -379,14 +377,19 @@ impl Conn<'_, '_> {
                     break;
                 }
             };
-            pending.extend_from_slice(&conn.buf[..n]);
-            conn.buf.advance(n);
-            sent += n as u64;
-            if let Err(e) = self.client.write_all(&pending).await {
+            let written = match head.take() {
+                Some(mut head) => {
+                    head.extend_from_slice(&conn.buf[..n]);
+                    self.client.write_all(&head).await
+                }
+                None => self.client.write_all(&conn.buf[..n]).await,
+            };
+            if let Err(e) = written {
                 debug!(error = %e, "client went away during the response");
                 return (false, sent);
             }
-            pending.clear();
+            conn.buf.advance(n);
+            sent += n as u64;
             if done {
                 ended = true;
                 break;
