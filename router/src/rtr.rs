@@ -339,15 +339,18 @@ struct JsonEscaped<'a>(&'a mut String);
 impl Write for JsonEscaped<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let mut rest = s;
-        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        // The characters to escape are ASCII: a byte scan finds them.
+        while let Some(i) = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || b < b' ')
+        {
             self.0.push_str(&rest[..i]);
-            let c = rest[i..].chars().next().unwrap_or_default();
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                c => write!(self.0, "\\u{:04x}", u32::from(c))?,
+            match rest.as_bytes()[i] {
+                b'"' => self.0.push_str("\\\""),
+                b'\\' => self.0.push_str("\\\\"),
+                b => write!(self.0, "\\u{:04x}", u32::from(b))?,
             }
-            rest = &rest[i + c.len_utf8()..];
+            rest = &rest[i + 1..];
         }
         self.0.push_str(rest);
         Ok(())

@@ -68,7 +68,6 @@ struct Conn<'a, 't> {
     timer: Pin<&'a mut Sleep>,
     /// Ready once the router shuts down.
     shutdown: Pin<&'a mut WaitForCancellationFuture<'t>>,
-    shutting_down: &'t tokio_util::sync::CancellationToken,
 }
 
 /// Serves `client`'s requests until it closes, the router shuts down, or a request is one
@@ -88,7 +87,6 @@ pub(crate) async fn serve(
         buf: BytesMut::with_capacity(READ_SIZE),
         timer,
         shutdown: cancelled,
-        shutting_down: shutdown,
     };
     let mut first = true;
     loop {
@@ -98,7 +96,7 @@ pub(crate) async fn serve(
             Next::Closed => return Served::Closed,
         };
         first = false;
-        if !conn.forward(plan).await || shutdown.is_cancelled() {
+        if !conn.forward(plan).await || conn.draining() {
             return Served::Closed;
         }
     }
@@ -137,6 +135,14 @@ enum Failure {
 }
 
 impl Conn<'_, '_> {
+    /// The router is draining: no request after the one in flight (a relaxed load, where
+    /// the token's state is behind a lock).
+    fn draining(&self) -> bool {
+        self.shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Reads the next request head (and its body) within the header read timeout; waits up
     /// to [`KEEP_ALIVE`] for it to begin, unless the router shuts down meanwhile.
     async fn next_request(&mut self, first: bool) -> Next {
@@ -232,7 +238,7 @@ impl Conn<'_, '_> {
         let common = plan.head.len();
         let mut head = std::mem::take(&mut plan.head);
         let outcome = self.attempts(plan, &mut head).await;
-        let close = plan.close || self.shutting_down.is_cancelled();
+        let close = plan.close || self.draining();
         // What the RTR line tells: the request as the endpoint got it (without the
         // endpoint's own headers).
         let seen = |mut head: Vec<u8>| {
