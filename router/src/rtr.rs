@@ -275,7 +275,7 @@ impl Record {
     }
 
     fn write_message(&self, m: &mut impl Write) -> std::fmt::Result {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut headers = [httparse::EMPTY_HEADER; crate::forward::MAX_FORWARDED_HEADERS];
         let request = self.request.told(&mut headers);
         let Told {
             host,

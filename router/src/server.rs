@@ -245,6 +245,13 @@ async fn connection(
     let Served::Hyper(read) = served else {
         return;
     };
+    // Handed over while draining: hyper answers the request it was handed, then closes
+    // (a graceful shutdown now would find the connection idle and close it unanswered).
+    let draining = shutdown.is_cancelled();
+    let mut http = http;
+    if draining {
+        http.keep_alive(false);
+    }
     let service = service_fn(move |request| proxy.clone().handle(request, peer));
     let conn = http
         .serve_connection(TokioIo::new(Rewind::new(read, stream)), service)
@@ -252,7 +259,8 @@ async fn connection(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
+        () = cut.cancelled(), if draining => Ok(()),
+        () = shutdown.cancelled(), if !draining => {
             // Finish the request in flight (if any), then close.
             conn.as_mut().graceful_shutdown();
             tokio::select! {

@@ -45,17 +45,15 @@ pub(crate) struct Upstream {
     conn: Pin<Box<Connection>>,
     /// The connection ended (closed, failed, or handed over after a `101`): never poll again.
     done: bool,
-    /// Taken from the pool rather than dialled for this request.
-    pub(crate) reused: bool,
-    /// When it went back to the pool.
-    idle_since: Instant,
+    /// Its life in the pool.
+    pub(crate) kept: Kept,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("done", &self.done)
-            .field("reused", &self.reused)
+            .field("reused", &self.kept.reused)
             .finish_non_exhaustive()
     }
 }
@@ -122,8 +120,7 @@ impl Upstream {
             sender,
             conn: Box::pin(conn.with_upgrades()),
             done: false,
-            reused: false,
-            idle_since: Instant::now(),
+            kept: Kept::new(),
         })
     }
 
@@ -193,12 +190,32 @@ pub(crate) trait Pooled {
     fn settle(&mut self) -> bool;
     /// Whether it ended and cannot go back to the pool.
     fn ended(&self) -> bool;
+    /// Its life in the pool.
+    fn kept(&mut self) -> &mut Kept;
+}
+
+/// A pooled connection's life in the pool.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// Taken from the pool rather than dialled for this request.
+    pub(crate) reused: bool,
     /// When it went back to the pool.
-    fn idle_since(&self) -> Instant;
-    /// Marks it idle from `now`.
-    fn set_idle(&mut self, now: Instant);
-    /// Marks it taken from the pool (rather than dialled for the request).
-    fn set_reused(&mut self);
+    idle_since: Instant,
+}
+
+impl Kept {
+    /// A new connection's.
+    pub(crate) fn new() -> Kept {
+        Kept {
+            reused: false,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Whether it was idle for less than [`IDLE_TIMEOUT`] at `now`.
+    fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since) < IDLE_TIMEOUT
+    }
 }
 
 impl Pooled for Upstream {
@@ -211,16 +228,8 @@ impl Pooled for Upstream {
         self.done
     }
 
-    fn idle_since(&self) -> Instant {
-        self.idle_since
-    }
-
-    fn set_idle(&mut self, now: Instant) {
-        self.idle_since = now;
-    }
-
-    fn set_reused(&mut self) {
-        self.reused = true;
+    fn kept(&mut self) -> &mut Kept {
+        &mut self.kept
     }
 }
 
@@ -259,8 +268,8 @@ impl<C: Pooled> Idle<C> {
     pub(crate) fn checkout(&self, now: Instant) -> Option<C> {
         loop {
             let mut conn = self.lock().pop()?;
-            if now.saturating_duration_since(conn.idle_since()) < IDLE_TIMEOUT && conn.settle() {
-                conn.set_reused();
+            if conn.kept().fresh(now) && conn.settle() {
+                conn.kept().reused = true;
                 return Some(conn);
             }
         }
@@ -272,7 +281,7 @@ impl<C: Pooled> Idle<C> {
         if conn.ended() {
             return;
         }
-        conn.set_idle(Instant::now());
+        conn.kept().idle_since = Instant::now();
         let mut idle = self.lock();
         if idle.len() < max {
             idle.push(conn);
@@ -286,9 +295,7 @@ impl<C: Pooled> Idle<C> {
             .iter()
             .map(|pool| {
                 let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain_mut(|c| {
-                    now.saturating_duration_since(c.idle_since()) < IDLE_TIMEOUT && c.settle()
-                });
+                idle.retain_mut(|c| c.kept().fresh(now) && c.settle());
                 idle.len()
             })
             .sum()

@@ -109,8 +109,10 @@ async fn two_hundred_megabytes_stream_both_ways_without_the_memory_growing() {
 
     let before = status_kib("VmRSS:");
     let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let response = router
-        .get("bulk.example.com", "/download")
+    // On a new connection: the upload's went on with hyper after it.
+    let response = common::client()
+        .get(format!("http://{}/download", router.addr))
+        .header("host", "bulk.example.com")
         .timeout(Duration::from_secs(600))
         .send()
         .await

@@ -1,7 +1,7 @@
 //! The forwarding path on the wire: responses keep their own framing (chunked with trailers,
 //! close-delimited, bodiless answers to HEAD), informational heads are passed over, pipelined
-//! requests are answered in order, and a connection whose request the path leaves to hyper
-//! (a chunked upload) goes on being served there.
+//! requests are answered in order, a connection whose request the path leaves to hyper (a
+//! chunked upload) goes on being served there, and a client that goes away ends its request.
 
 mod common;
 
@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::backend::Backend;
 use common::{endpoint, wait_routed, Nats, Registrar, Router};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +28,8 @@ impl Drop for RawBackend {
     }
 }
 
-fn scripted(method: &str, path: &str) -> (String, bool) {
+/// The answer to `method` `path` (with `body`, or `(chunked)`), and whether to close after it.
+fn scripted(method: &str, path: &str, body: &str) -> (String, bool) {
     match path {
         "/chunked" => (
             format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n{CHUNKED_BODY}"),
@@ -44,10 +44,18 @@ fn scripted(method: &str, path: &str) -> (String, bool) {
             false,
         ),
         "/close" => ("HTTP/1.1 200 OK\r\n\r\nuntil the end".into(), true),
-        _ => (
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
-            false,
-        ),
+        // Names its header in mixed case: the forwarding path passes it on as it is, hyper
+        // in lowercase.
+        _ => {
+            let text = format!("{method} {path} {body}");
+            (
+                format!(
+                    "HTTP/1.1 200 OK\r\nX-Seen-By: raw\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                ),
+                false,
+            )
+        }
     }
 }
 
@@ -67,13 +75,11 @@ impl RawBackend {
                     let mut read = Vec::new();
                     let mut buf = [0u8; 4096];
                     loop {
-                        while let Some(end) = find(&read, b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&read[..end]).to_string();
-                            read.drain(..end + 4);
+                        while let Some((head, body)) = take_request(&mut read) {
                             let mut words = head.split(' ');
                             let method = words.next().unwrap_or_default();
                             let path = words.next().unwrap_or_default();
-                            let (response, close) = scripted(method, path);
+                            let (response, close) = scripted(method, path, &body);
                             if conn.write_all(response.as_bytes()).await.is_err() || close {
                                 return;
                             }
@@ -90,6 +96,29 @@ impl RawBackend {
     }
 }
 
+/// A whole request from the start of `read` (its head, and its body, or `(chunked)`), taken
+/// off it.
+fn take_request(read: &mut Vec<u8>) -> Option<(String, String)> {
+    let end = find(read, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+    let (len, body) = if head.contains("transfer-encoding: chunked") {
+        (
+            find(&read[end..], b"0\r\n\r\n")? + 5,
+            "(chunked)".to_string(),
+        )
+    } else {
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let body = read.get(end..end + len)?;
+        (len, String::from_utf8_lossy(body).to_string())
+    };
+    let head = String::from_utf8_lossy(&read[..end]).to_string();
+    read.drain(..end + len);
+    Some((head, body))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -104,34 +133,53 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&all).to_string()
 }
 
-/// One response with a `Content-Length` body: its head (lowercased) and body.
+/// One response, with a `Content-Length` or a chunked body: its head and (decoded) body.
 async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
     let mut buf = [0u8; 4096];
-    let end = loop {
-        if let Some(end) = find(pending, b"\r\n\r\n") {
-            break end + 4;
-        }
+    let mut more = async |pending: &mut Vec<u8>| {
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
             .await
             .expect("a response in time")
             .unwrap();
         assert!(
             n > 0,
-            "closed before a response: {:?}",
+            "closed in a response: {:?}",
             String::from_utf8_lossy(pending)
         );
         pending.extend_from_slice(&buf[..n]);
     };
-    let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
-    let length: usize = head
+    let end = loop {
+        if let Some(end) = find(pending, b"\r\n\r\n") {
+            break end + 4;
+        }
+        more(pending).await;
+    };
+    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+    let lower = head.to_lowercase();
+    if lower.contains("transfer-encoding: chunked") {
+        let last = loop {
+            if let Some(at) = find(&pending[end..], b"\r\n0\r\n\r\n") {
+                break end + at + 7;
+            }
+            more(pending).await;
+        };
+        let mut body = String::new();
+        let mut chunks = String::from_utf8_lossy(&pending[end..last]).to_string();
+        while let Some((size, rest)) = chunks.split_once("\r\n") {
+            let size = usize::from_str_radix(size, 16).unwrap();
+            body.push_str(&rest[..size]);
+            chunks = rest[size..].trim_start_matches("\r\n").to_string();
+        }
+        pending.drain(..last);
+        return (head, body);
+    }
+    let length: usize = lower
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .map(|v| v.trim().parse().unwrap())
-        .expect("a content-length");
+        .unwrap_or_else(|| panic!("no length: {head}"));
     while pending.len() < end + length {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed in a body");
-        pending.extend_from_slice(&buf[..n]);
+        more(pending).await;
     }
     let body = String::from_utf8_lossy(&pending[end..end + length]).to_string();
     pending.drain(..end + length);
@@ -192,7 +240,7 @@ async fn responses_keep_their_framing_and_pipelined_requests_are_answered_in_ord
 async fn a_connection_goes_on_with_hyper_after_a_request_the_forwarding_path_leaves() {
     let nats = Nats::start();
     let router = Router::start(&nats.url).await;
-    let backend = Backend::echo("web").await;
+    let backend = RawBackend::start().await;
     let registrar = Registrar::connect(&nats.url).await;
     registrar
         .register(&endpoint(backend.addr, &["mixed.example.com"], "mixed"))
@@ -203,27 +251,69 @@ async fn a_connection_goes_on_with_hyper_after_a_request_the_forwarding_path_lea
     let mut pending = Vec::new();
     let requests = [
         "POST /small HTTP/1.1\r\nHost: mixed.example.com\r\nContent-Length: 5\r\n\r\nhello",
-        "POST /chunked HTTP/1.1\r\nHost: mixed.example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        "POST /upload HTTP/1.1\r\nHost: mixed.example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         "GET /after HTTP/1.1\r\nHost: mixed.example.com\r\nConnection: close\r\n\r\n",
     ];
     let mut seen = Vec::new();
     for request in requests {
         client.write_all(request.as_bytes()).await.unwrap();
         let (head, body) = read_response(&mut client, &mut pending).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        let echo: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(echo["headers"]["x-cf-applicationid"], "mixed", "{body}");
-        assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1", "{body}");
-        seen.push((echo["path"].clone(), echo["body"].clone()));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let case = if head.contains("\r\nX-Seen-By: raw\r\n") {
+            "forwarded"
+        } else if head.contains("\r\nx-seen-by: raw\r\n") {
+            "hyper"
+        } else {
+            panic!("no X-Seen-By: {head}")
+        };
+        seen.push((body, case));
     }
     assert_eq!(
         seen,
         [
-            ("/small".into(), "hello".into()),
-            ("/chunked".into(), "abcde".into()),
-            ("/after".into(), "".into()),
-        ]
+            ("POST /small hello".to_string(), "forwarded"),
+            ("POST /upload (chunked)".to_string(), "hyper"),
+            ("GET /after ".to_string(), "hyper"),
+        ],
+        "the first request takes the forwarding path, the chunked upload and what follows it \
+         on the same connection hyper's"
     );
     let rest = read_until_closed(&mut client).await;
     assert!(rest.is_empty(), "nothing after the last response: {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_goes_away_ends_its_request() {
+    let nats = Nats::start();
+    let router = Router::start(&nats.url).await;
+    let release = CancellationToken::new();
+    let backend = Backend::held("held", release.clone()).await;
+    let registrar = Registrar::connect(&nats.url).await;
+    registrar
+        .register(&endpoint(backend.addr, &["held.example.com"], "held"))
+        .await;
+    let waited = Backend::echo("probe").await;
+    registrar
+        .register(&endpoint(waited.addr, &["probe.example.com"], "probe"))
+        .await;
+    wait_routed(&router, "probe.example.com", "/").await;
+    let in_flight = || async { router.status_json("/varz").await["in_flight"].as_u64() };
+
+    let mut client = TcpStream::connect(router.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: held.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    common::eventually("the request reaches the held backend", || async {
+        backend.hits() >= 1
+    })
+    .await;
+    assert_eq!(in_flight().await, Some(1));
+    drop(client);
+    // Without noticing, the router would wait for the endpoint up to its request timeout.
+    common::eventually("the request ends with its client", || async {
+        in_flight().await == Some(0)
+    })
+    .await;
+    release.cancel();
 }

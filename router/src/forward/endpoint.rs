@@ -4,7 +4,7 @@
 //! [`EndpointConn::read_more`]. Kept alive in the endpoint's pool between requests.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::head::{parse_response, Answer, Response};
 use crate::table::Endpoint;
-use crate::upstream::{connect, DialError, Pooled};
+use crate::upstream::{connect, DialError, Kept, Pooled};
 
 /// Bytes read from an endpoint at a time (at most).
 pub(crate) const READ_SIZE: usize = 16 << 10;
@@ -23,9 +23,8 @@ pub(crate) struct EndpointConn {
     stream: TcpStream,
     /// Read from the endpoint, not yet passed on.
     pub(crate) buf: BytesMut,
-    /// Taken from the pool rather than dialled for this request.
-    pub(crate) reused: bool,
-    idle_since: Instant,
+    /// Its life in the pool.
+    pub(crate) kept: Kept,
 }
 
 /// Why an exchange on a connection got no response head.
@@ -55,8 +54,7 @@ impl EndpointConn {
         Ok(EndpointConn {
             stream: connect(endpoint, timeout).await?,
             buf: BytesMut::with_capacity(READ_SIZE),
-            reused: false,
-            idle_since: Instant::now(),
+            kept: Kept::new(),
         })
     }
 
@@ -111,15 +109,7 @@ impl Pooled for EndpointConn {
         !self.buf.is_empty()
     }
 
-    fn idle_since(&self) -> Instant {
-        self.idle_since
-    }
-
-    fn set_idle(&mut self, now: Instant) {
-        self.idle_since = now;
-    }
-
-    fn set_reused(&mut self) {
-        self.reused = true;
+    fn kept(&mut self) -> &mut Kept {
+        &mut self.kept
     }
 }

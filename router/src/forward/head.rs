@@ -26,6 +26,9 @@ use crate::Shared;
 /// answers 431 over the configured count).
 const MAX_HEADERS: usize = 128;
 
+/// Headers of a forwarded head, at most: the client's and the router's.
+pub(crate) const MAX_FORWARDED_HEADERS: usize = MAX_HEADERS + 8;
+
 /// Headers parsed per response head, at most (hyper's client refuses more too).
 const MAX_RESPONSE_HEADERS: usize = 100;
 
@@ -96,6 +99,16 @@ impl Plan {
     }
 }
 
+/// A `Content-Length` value: digits alone (no sign, no other spaces than around them), as
+/// hyper reads it; anything else is no length.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 fn is(name: &str, wanted: &str) -> bool {
     name.eq_ignore_ascii_case(wanted)
 }
@@ -125,6 +138,8 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
     if head_len > config.max_header_bytes
         || request.headers.len() > config.max_header_count
         || !target.starts_with('/')
+        || !target.is_ascii()
+        || method == "CONNECT"
     {
         return Parsed::Hyper;
     }
@@ -138,9 +153,7 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
             hosts += 1;
             host = Some(h.value);
         } else if is(name, "content-length") {
-            let len = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
+            let len = content_length(h.value).and_then(|n| usize::try_from(n).ok());
             match (len, body_len) {
                 (Some(len), None) => body_len = Some(len),
                 (Some(len), Some(earlier)) if len == earlier => {}
@@ -326,10 +339,7 @@ pub(crate) fn parse_response(buf: &[u8], head_only: bool) -> Response {
                 }
             }
         } else if is(h.name, "content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, length) {
+            match (content_length(h.value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(earlier)) if n == earlier => {}
                 _ => return Response::Bad("an invalid Content-Length"),
@@ -374,7 +384,9 @@ pub(crate) fn parse_response(buf: &[u8], head_only: bool) -> Response {
         let name = h.name;
         if HOP_BY_HOP.iter().any(|hop| is(name, hop))
             || (chunked.is_some() && is(name, "content-length"))
-            || tokens.iter().any(|t| is(name, t))
+            || (tokens.iter().any(|t| is(name, t))
+                && !is(name, "content-length")
+                && !is(name, "transfer-encoding"))
         {
             continue;
         }
@@ -383,7 +395,11 @@ pub(crate) fn parse_response(buf: &[u8], head_only: bool) -> Response {
     Response::Final(Answer {
         len,
         status,
-        reusable: !close && framing != Framing::UntilClose,
+        // Both framings at once (or chunked from HTTP/1.0) is faulty framing: the body is
+        // read as chunked, and the connection not trusted with another request.
+        reusable: !close
+            && framing != Framing::UntilClose
+            && !(chunked.is_some() && (length.is_some() || version == 0)),
         framing,
         head,
     })
@@ -412,7 +428,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: kept\r\n"
         );
         assert_eq!(a.framing, Framing::Chunked(Chunks::default()));
-        assert!(a.reusable);
+        assert!(
+            !a.reusable,
+            "both framings: the connection is not trusted again"
+        );
         assert_eq!(a.status, 200);
     }
 

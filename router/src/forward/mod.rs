@@ -31,6 +31,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub(crate) use endpoint::EndpointConn;
+pub(crate) use head::MAX_FORWARDED_HEADERS;
 pub(crate) use rewind::Rewind;
 
 use crate::metrics::{bump, drop_one};
@@ -125,6 +126,8 @@ enum Outcome {
         answer: Answer,
     },
     Failed(RouterError, Option<Arc<Endpoint>>),
+    /// The client closed its connection before the response head.
+    ClientGone(Option<Arc<Endpoint>>),
 }
 
 /// How one attempt on an endpoint ended, short of a response.
@@ -132,6 +135,28 @@ enum Failure {
     Dial(DialError),
     Exchange(ExchangeError),
     Timeout,
+    ClientGone,
+}
+
+/// Status logged for a request whose client closed its connection first (nginx's and
+/// gorouter's).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Pipelined request bytes kept while a request is in flight; past this the client is not
+/// read until the response is done.
+const MAX_PIPELINED: usize = 64 << 10;
+
+/// Resolves once the client closed its connection (or it failed). What the client sends
+/// meanwhile (the next requests, pipelined) is kept in `buf`, up to [`MAX_PIPELINED`].
+async fn client_gone(client: &mut TcpStream, buf: &mut BytesMut) {
+    while buf.len() < MAX_PIPELINED {
+        buf.reserve(READ_SIZE);
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 impl Conn<'_, '_> {
@@ -143,8 +168,9 @@ impl Conn<'_, '_> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Reads the next request head (and its body) within the header read timeout; waits up
-    /// to [`KEEP_ALIVE`] for it to begin, unless the router shuts down meanwhile.
+    /// Reads the next request head within the header read timeout (and its body, each read
+    /// within that timeout of the one before); waits up to [`KEEP_ALIVE`] for it to begin,
+    /// unless the router shuts down meanwhile.
     async fn next_request(&mut self, first: bool) -> Next {
         let config = &self.shared.config;
         let mut waiting = !first && self.buf.is_empty();
@@ -173,17 +199,18 @@ impl Conn<'_, '_> {
                 biased;
                 read = self.client.read_buf(&mut self.buf) => read,
                 () = self.timer.as_mut() => {
-                    if !waiting {
+                    if !waiting && plan.is_none() {
                         bump(&self.shared.metrics.header_timeouts);
                     }
-                    debug!(peer = %self.peer, "no whole request head in time; closing");
+                    debug!(peer = %self.peer, "no whole request in time; closing");
                     return Next::Closed;
                 }
                 () = self.shutdown.as_mut(), if idle => return Next::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,
-                Ok(_) if waiting => {
+                // The head's time starts with its first byte; a body's with each read.
+                Ok(_) if waiting || plan.is_some() => {
                     waiting = false;
                     let deadline = tokio::time::Instant::now() + config.header_read_timeout;
                     self.timer.as_mut().reset(deadline);
@@ -209,20 +236,22 @@ impl Conn<'_, '_> {
             request_id = plan.request_id.to_str().unwrap_or_default(),
             host = plan.host.as_str(),
         );
+        // The request, off the buffer: what the client sends meanwhile is read in behind it.
+        let request = self.buf.split_to(plan.head_len + plan.body_len);
+        let body = &request[plan.head_len..];
         let (status, endpoint, keep) = self
-            .proxy(&mut plan, arrival)
+            .proxy(&mut plan, body, arrival)
             .instrument(span.clone())
             .await;
         span.in_scope(|| {
             info!(
                 target: "kiln_router::access",
-                method = %plan.method(&self.buf), path = plan.path(&self.buf), status,
+                method = %plan.method(&request), path = plan.path(&request), status,
                 endpoint = endpoint.as_deref().map(Endpoint::address).unwrap_or_default(),
                 ms = arrival.at.elapsed().as_millis() as u64,
                 "request"
             )
         });
-        self.buf.advance(plan.head_len + plan.body_len);
         keep
     }
 
@@ -231,13 +260,14 @@ impl Conn<'_, '_> {
     async fn proxy(
         &mut self,
         plan: &mut Plan,
+        body: &[u8],
         arrival: Arrival,
     ) -> (u16, Option<Arc<Endpoint>>, bool) {
         let shared = self.shared;
         let metrics = &shared.metrics;
         let common = plan.head.len();
         let mut head = std::mem::take(&mut plan.head);
-        let outcome = self.attempts(plan, &mut head).await;
+        let outcome = self.attempts(plan, &mut head, body).await;
         let close = plan.close || self.draining();
         // What the RTR line tells: the request as the endpoint got it (without the
         // endpoint's own headers).
@@ -247,6 +277,11 @@ impl Conn<'_, '_> {
             Seen::Forwarded(head)
         };
         match outcome {
+            Outcome::ClientGone(endpoint) => {
+                debug!("the client closed its connection before the response");
+                metrics.response(CLIENT_CLOSED);
+                (CLIENT_CLOSED, endpoint, false)
+            }
             Outcome::Answered {
                 lease,
                 conn,
@@ -289,11 +324,10 @@ impl Conn<'_, '_> {
     }
 
     /// Tries up to [`MAX_ATTEMPTS`] endpoints of the route until one answers.
-    async fn attempts(&mut self, plan: &Plan, head: &mut Vec<u8>) -> Outcome {
+    async fn attempts(&mut self, plan: &Plan, head: &mut Vec<u8>, body: &[u8]) -> Outcome {
         let shared = self.shared;
         let metrics = &shared.metrics;
         let common = head.len();
-        let body = &self.buf[plan.head_len..plan.head_len + plan.body_len];
         let deadline = tokio::time::Instant::now() + shared.config.request_timeout;
         self.timer.as_mut().reset(deadline);
         let mut tried = Vec::new();
@@ -309,7 +343,12 @@ impl Conn<'_, '_> {
             head.truncate(common);
             head::finish_request(head, &endpoint);
             head.extend_from_slice(body);
-            let failure = match exchange(&endpoint, head, plan, self.timer.as_mut(), shared).await {
+            let waits = Waits {
+                timer: self.timer.as_mut(),
+                client: self.client,
+                pipelined: &mut self.buf,
+            };
+            let failure = match exchange(&endpoint, head, plan, waits, shared).await {
                 Ok((conn, answer)) => {
                     return Outcome::Answered {
                         lease,
@@ -321,6 +360,7 @@ impl Conn<'_, '_> {
             };
             let address = endpoint.address();
             let retry = match failure {
+                Failure::ClientGone => return Outcome::ClientGone(Some(endpoint)),
                 Failure::Timeout => {
                     bump(&metrics.bad_gateways);
                     bump(&metrics.endpoint_timeouts);
@@ -335,7 +375,7 @@ impl Conn<'_, '_> {
                 }
                 Failure::Exchange(error) => {
                     warn!(endpoint = %address, error = %error, attempt, "endpoint failed");
-                    plan.idempotent
+                    plan.idempotent && error.unanswered()
                 }
             };
             tried.push(endpoint);
@@ -400,7 +440,15 @@ impl Conn<'_, '_> {
                 ended = true;
                 break;
             }
-            match conn.read_more().await {
+            let read = tokio::select! {
+                biased;
+                read = conn.read_more() => read,
+                () = client_gone(self.client, &mut self.buf) => {
+                    debug!("the client closed its connection during the response");
+                    return (false, sent);
+                }
+            };
+            match read {
                 Ok(0) if framing == Framing::UntilClose => {
                     ended = true;
                     break;
@@ -426,13 +474,22 @@ impl Conn<'_, '_> {
     }
 }
 
+/// What an attempt waits for besides its response head.
+struct Waits<'a> {
+    /// The request timeout.
+    timer: Pin<&'a mut Sleep>,
+    /// The client closing its connection (what it sends meanwhile goes to `pipelined`).
+    client: &'a mut TcpStream,
+    pipelined: &'a mut BytesMut,
+}
+
 /// One attempt on `endpoint`: a pooled connection (or a new one), the request, and its
-/// response head before `timer` (the request timeout) goes off.
+/// response head before the request timeout, unless the client goes away first.
 async fn exchange(
     endpoint: &Endpoint,
     request: &[u8],
     plan: &Plan,
-    mut timer: Pin<&mut Sleep>,
+    mut waits: Waits<'_>,
     shared: &Shared,
 ) -> Result<(EndpointConn, Answer), Failure> {
     let mut pooled = endpoint.streams.checkout(Instant::now());
@@ -444,16 +501,18 @@ async fn exchange(
                 .map_err(Failure::Dial)?,
         };
         tokio::select! {
+            biased;
             answered = conn.round_trip(request, plan.head_only) => match answered {
                 Ok(answer) => return Ok((conn, answer)),
                 // A pooled connection the endpoint closed meanwhile: the request again on a
                 // new one, if it can be sent again.
-                Err(e) if conn.reused && plan.idempotent && e.unanswered() => {
+                Err(e) if conn.kept.reused && plan.idempotent && e.unanswered() => {
                     debug!(error = %e, "pooled connection was closed; dialling");
                 }
                 Err(e) => return Err(Failure::Exchange(e)),
             },
-            () = timer.as_mut() => return Err(Failure::Timeout),
+            () = waits.timer.as_mut() => return Err(Failure::Timeout),
+            () = client_gone(waits.client, waits.pipelined) => return Err(Failure::ClientGone),
         }
     }
 }

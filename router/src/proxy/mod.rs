@@ -271,7 +271,7 @@ impl Proxy {
                 Ok(Err(mut error)) => {
                     let given_back = error.take_message();
                     let error = error.into_error();
-                    if !conn.reused {
+                    if !conn.kept.reused {
                         return Err(Failure::Exchange(error));
                     }
                     // A pooled connection the endpoint closed meanwhile: the request again on
