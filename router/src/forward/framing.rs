@@ -20,19 +20,34 @@ pub(crate) enum Framing {
 #[error("malformed chunked body: {0}")]
 pub(crate) struct BadChunk(&'static str);
 
+/// What of the bytes read next belongs to a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// Bytes of the body, framing included (to pass on).
+    pub(crate) bytes: usize,
+    /// Of those, the content (chunk data), as the access log counts it.
+    pub(crate) content: usize,
+    /// The body ended with them.
+    pub(crate) done: bool,
+}
+
 impl Framing {
-    /// Of `bytes` (what was read next), how many belong to the body, and whether the body
-    /// ended with them.
-    pub(crate) fn take(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+    /// Of `bytes` (what was read next), what belongs to the body.
+    pub(crate) fn take(&mut self, bytes: &[u8]) -> Result<Taken, BadChunk> {
+        let all = |n, done| Taken {
+            bytes: n,
+            content: n,
+            done,
+        };
         match self {
-            Framing::Empty => Ok((0, true)),
+            Framing::Empty => Ok(all(0, true)),
             Framing::Length(left) => {
                 let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
                 *left -= n as u64;
-                Ok((n, *left == 0))
+                Ok(all(n, *left == 0))
             }
             Framing::Chunked(chunks) => chunks.scan(bytes),
-            Framing::UntilClose => Ok((bytes.len(), false)),
+            Framing::UntilClose => Ok(all(bytes.len(), false)),
         }
     }
 }
@@ -67,9 +82,10 @@ pub(crate) enum Chunks {
 
 impl Chunks {
     /// Reads `bytes` on from where the body stands; says how many of them belong to the body
-    /// and whether it ended.
-    pub(crate) fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+    /// (and how many of those are chunk data) and whether it ended.
+    pub(crate) fn scan(&mut self, bytes: &[u8]) -> Result<Taken, BadChunk> {
         let mut i = 0;
+        let mut content = 0;
         while i < bytes.len() && *self != Chunks::Done {
             let b = bytes[i];
             *self = match *self {
@@ -77,6 +93,7 @@ impl Chunks {
                     let n =
                         usize::try_from(left).map_or(bytes.len() - i, |l| l.min(bytes.len() - i));
                     i += n;
+                    content += n;
                     let left = left - n as u64;
                     *self = if left == 0 {
                         Chunks::DataCr
@@ -132,7 +149,11 @@ impl Chunks {
             };
             i += 1;
         }
-        Ok((i, *self == Chunks::Done))
+        Ok(Taken {
+            bytes: i,
+            content,
+            done: *self == Chunks::Done,
+        })
     }
 }
 
@@ -166,18 +187,21 @@ mod tests {
         for split in 1..BODY.len() {
             let mut chunks = Chunks::default();
             let mut taken = 0;
+            let mut content = 0;
             let mut done = false;
             for part in BODY.chunks(split) {
-                let (n, ended) = chunks.scan(part).unwrap();
-                taken += n;
-                done = ended;
-                if ended {
+                let t = chunks.scan(part).unwrap();
+                taken += t.bytes;
+                content += t.content;
+                done = t.done;
+                if t.done {
                     break;
                 }
-                assert_eq!(n, part.len(), "split {split}");
+                assert_eq!(t.bytes, part.len(), "split {split}");
             }
             assert!(done, "split {split}");
             assert_eq!(taken, BODY.len(), "split {split}");
+            assert_eq!(content, "hello0123456789abcdef".len(), "split {split}");
         }
     }
 
@@ -186,10 +210,13 @@ mod tests {
         let mut next = BODY.to_vec();
         next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         let mut framing = Framing::Chunked(Chunks::default());
-        assert_eq!(framing.take(&next).unwrap(), (BODY.len(), true));
+        let taken = framing.take(&next).unwrap();
+        assert_eq!((taken.bytes, taken.done), (BODY.len(), true));
         let mut length = Framing::Length(4);
-        assert_eq!(length.take(b"abcdef").unwrap(), (4, true));
-        assert_eq!(Framing::Empty.take(b"abc").unwrap(), (0, true));
+        let taken = length.take(b"abcdef").unwrap();
+        assert_eq!((taken.bytes, taken.content, taken.done), (4, 4, true));
+        let taken = Framing::Empty.take(b"abc").unwrap();
+        assert_eq!((taken.bytes, taken.done), (0, true));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::table::{Endpoint, Lease, Pick};
 use crate::upstream::{DialError, IDLE_TIMEOUT};
 use crate::Shared;
 use endpoint::{ExchangeError, READ_SIZE};
-use framing::Framing;
+use framing::{Framing, Taken};
 use head::{Answer, Parsed, Plan};
 
 /// Attempts per request, over different endpoints.
@@ -389,7 +389,8 @@ impl Conn<'_, '_> {
     }
 
     /// Passes the response on: its head, then its body to the end of its framing. Says
-    /// whether the client connection stays open, and how many body bytes were sent.
+    /// whether the client connection stays open, and how many bytes of content were sent
+    /// (chunk framing not counted).
     async fn respond(
         &mut self,
         answer: Answer,
@@ -416,7 +417,11 @@ impl Conn<'_, '_> {
         // they are read.
         let mut head = Some(out);
         loop {
-            let (n, done) = match framing.take(&conn.buf) {
+            let Taken {
+                bytes: n,
+                content,
+                done,
+            } = match framing.take(&conn.buf) {
                 Ok(taken) => taken,
                 Err(e) => {
                     debug!(error = %e, "endpoint response cut off");
@@ -435,7 +440,7 @@ impl Conn<'_, '_> {
                 return (false, sent);
             }
             conn.buf.advance(n);
-            sent += n as u64;
+            sent += content as u64;
             if done {
                 ended = true;
                 break;
