@@ -1,7 +1,8 @@
 //! The forwarding path on the wire: responses keep their own framing (chunked with trailers,
 //! close-delimited, bodiless answers to HEAD), informational heads are passed over, pipelined
 //! requests are answered in order, a connection whose request the path leaves to hyper (a
-//! chunked upload) goes on being served there, and a client that goes away ends its request.
+//! chunked upload) goes on being served there, and a client that goes away ends its request
+//! (logged 499).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use common::backend::Backend;
 use common::{endpoint, wait_routed, Nats, Registrar, Router};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -286,6 +288,14 @@ async fn a_connection_goes_on_with_hyper_after_a_request_the_forwarding_path_lea
 async fn a_client_that_goes_away_ends_its_request() {
     let nats = Nats::start();
     let router = Router::start(&nats.url).await;
+    let watcher = async_nats::connect(&nats.url).await.unwrap();
+    let mut lines = watcher
+        .subscribe(kiln_bus::cell::app_log("held"))
+        .await
+        .unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
     let release = CancellationToken::new();
     let backend = Backend::held("held", release.clone()).await;
     let registrar = Registrar::connect(&nats.url).await;
@@ -316,4 +326,15 @@ async fn a_client_that_goes_away_ends_its_request() {
     })
     .await;
     release.cancel();
+    // Its RTR line says so, with nginx's and gorouter's 499.
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+        .await
+        .expect("an RTR line in time")
+        .expect("the subscription is open");
+    let line: kiln_bus::cell::AppLogLine = serde_json::from_slice(&line.payload).unwrap();
+    assert!(
+        line.message.contains("\"GET / HTTP/1.1\" 499 0 0 "),
+        "{}",
+        line.message
+    );
 }

@@ -269,18 +269,11 @@ impl Conn<'_, '_> {
         let mut head = std::mem::take(&mut plan.head);
         let outcome = self.attempts(plan, &mut head, body).await;
         let close = plan.close || self.draining();
-        // What the RTR line tells: the request as the endpoint got it (without the
-        // endpoint's own headers).
-        let seen = |mut head: Vec<u8>| {
-            head.truncate(common);
-            head.extend_from_slice(b"\r\n");
-            Seen::Forwarded(head)
-        };
-        match outcome {
+        let (status, endpoint, keep, sent) = match outcome {
             Outcome::ClientGone(endpoint) => {
                 debug!("the client closed its connection before the response");
                 metrics.response(CLIENT_CLOSED);
-                (CLIENT_CLOSED, endpoint, false)
+                (CLIENT_CLOSED, endpoint, false, 0)
             }
             Outcome::Answered {
                 lease,
@@ -288,17 +281,10 @@ impl Conn<'_, '_> {
                 answer,
             } => {
                 let status = answer.status;
-                let endpoint = lease.endpoint().clone();
                 metrics.response(status);
                 metrics.latency.observe(arrival.at.elapsed());
                 let (keep, sent) = self.respond(answer, conn, &lease, close).await;
-                if shared.rtr.enabled() && !endpoint.app.is_empty() {
-                    let pending =
-                        Pending::new(seen(head), self.peer, &endpoint, status, arrival, None)
-                            .with_request_bytes(plan.body_len as u64);
-                    shared.rtr.offer(pending.finish(sent), metrics);
-                }
-                (status, Some(endpoint), keep)
+                (status, Some(lease.endpoint().clone()), keep, sent)
             }
             Outcome::Failed(error, endpoint) => {
                 let status = error.status().as_u16();
@@ -306,21 +292,25 @@ impl Conn<'_, '_> {
                 metrics.latency.observe(arrival.at.elapsed());
                 let answer = error.raw(&plan.host, &plan.request_id, plan.head_only, close);
                 let keep = self.client.write_all(&answer).await.is_ok() && !close;
-                let logged = endpoint.as_ref().filter(|e| !e.app.is_empty());
-                if let (Some(endpoint), true) = (logged, shared.rtr.enabled()) {
-                    let sent = if plan.head_only {
-                        0
-                    } else {
-                        error.message(&plan.host).len() as u64
-                    };
-                    let pending =
-                        Pending::new(seen(head), self.peer, endpoint, status, arrival, None)
-                            .with_request_bytes(plan.body_len as u64);
-                    shared.rtr.offer(pending.finish(sent), metrics);
-                }
-                (status, endpoint, keep)
+                let sent = if plan.head_only {
+                    0
+                } else {
+                    error.message(&plan.host).len() as u64
+                };
+                (status, endpoint, keep, sent)
             }
+        };
+        // The RTR line tells the request as the endpoint got it (without the endpoint's own
+        // headers); the router's own answers name the last endpoint tried.
+        let logged = endpoint.as_ref().filter(|e| !e.app.is_empty());
+        if let (Some(to), true) = (logged, shared.rtr.enabled()) {
+            head.truncate(common);
+            head.extend_from_slice(b"\r\n");
+            let pending = Pending::new(Seen::Forwarded(head), self.peer, to, status, arrival, None)
+                .with_request_bytes(plan.body_len as u64);
+            shared.rtr.offer(pending.finish(sent), metrics);
         }
+        (status, endpoint, keep)
     }
 
     /// Tries up to [`MAX_ATTEMPTS`] endpoints of the route until one answers.
