@@ -134,8 +134,8 @@ async fn a_registration_not_repeated_within_its_threshold_is_pruned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_table_outlives_a_nats_outage_and_router_start_follows_the_reconnect() {
-    let mut nats = Nats::start();
-    let port = nats.port;
+    let nats = Nats::start();
+    let port = nats.port();
     let gate = Gate::start(port).await;
     let router = Router::start_with(&gate.url, |c| {
         c.prune_interval = Duration::from_millis(100);
@@ -150,7 +150,7 @@ async fn the_table_outlives_a_nats_outage_and_router_start_follows_the_reconnect
     drop(registrar);
 
     gate.close();
-    nats.kill();
+    drop(nats);
     eventually("the router notices the outage", || async {
         router.status_json("/varz").await["bus_connected"] == false
     })
@@ -184,8 +184,8 @@ async fn the_table_outlives_a_nats_outage_and_router_start_follows_the_reconnect
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prune_on_bus_outage_prunes_while_nats_is_down() {
-    let mut nats = Nats::start();
-    let gate = Gate::start(nats.port).await;
+    let nats = Nats::start();
+    let gate = Gate::start(nats.port()).await;
     let router = Router::start_with(&gate.url, |c| {
         c.prune_interval = Duration::from_millis(100);
         c.prune_on_bus_outage = true;
@@ -198,7 +198,7 @@ async fn prune_on_bus_outage_prunes_while_nats_is_down() {
     registrar.register(&m).await;
     wait_routed(&router, "gone.example.com", "/").await;
     gate.close();
-    nats.kill();
+    drop(nats);
     eventually("the route is pruned during the outage", || async {
         status(&router, "gone.example.com").await == 404
     })

@@ -1,5 +1,5 @@
-//! What the router's integration tests share: a `nats-server` of each test's own on a free
-//! loopback port (killed on drop), the router in-process on free ports (shut down on drop), a
+//! What the router's integration tests share: a `nats-server` of each test's own (kiln-testkit's:
+//! a free loopback port, another if that one was taken meanwhile), the router in-process on free ports (shut down on drop), a
 //! registrar speaking gorouter's messages, and polling helpers. Backends are in `backend`.
 #![allow(dead_code)]
 
@@ -7,70 +7,14 @@ pub mod backend;
 pub mod gate;
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kiln_bus::router::{RegistryMessage, ROUTER_REGISTER, ROUTER_UNREGISTER};
 use kiln_router::{Config, Started};
 use serde_json::Value;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A `nats-server` of the test's own, killed (by its pid) on drop.
-pub struct Nats {
-    child: Option<Child>,
-    pub port: u16,
-    pub url: String,
-}
-
-impl Nats {
-    pub fn start() -> Nats {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Nats {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH (deploy/setup installs it)");
-        let mut nats = Nats {
-            child: Some(child),
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                nats.kill();
-                panic!("nats-server did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nats
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use kiln_testkit::{free_port, Nats};
 
 /// A router on free loopback ports, shut down on drop.
 pub struct Router {
