@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Subject};
-use hyper::header::{HeaderMap, HeaderValue, HOST, REFERER, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST, REFERER, USER_AGENT};
 use hyper::http::request::Parts;
 use hyper::{Method, Uri, Version};
 use kiln_bus::cell::app_log;
@@ -144,7 +144,7 @@ impl Seen {
                 version,
                 headers: map,
             } => {
-                let get = |name: &str| map.get(name).map(HeaderValue::as_bytes);
+                let get = |name: &HeaderName| map.get(name).map(HeaderValue::as_bytes);
                 Told {
                     host: map
                         .get(HOST)
@@ -160,11 +160,11 @@ impl Seen {
                         Version::HTTP_3 => "HTTP/3.0",
                         _ => "HTTP/1.1",
                     },
-                    referer: get(REFERER.as_str()),
-                    user_agent: get(USER_AGENT.as_str()),
-                    forwarded_for: get("x-forwarded-for"),
-                    forwarded_proto: get("x-forwarded-proto"),
-                    request_id: get(crate::proxy::REQUEST_ID.as_str()),
+                    referer: get(&REFERER),
+                    user_agent: get(&USER_AGENT),
+                    forwarded_for: get(&HeaderName::from_static("x-forwarded-for")),
+                    forwarded_proto: get(&HeaderName::from_static("x-forwarded-proto")),
+                    request_id: get(&crate::proxy::REQUEST_ID),
                 }
             }
             Seen::Forwarded(head) => {

@@ -121,6 +121,17 @@ fn take_request(read: &mut Vec<u8>) -> Option<(String, String)> {
     Some((head, body))
 }
 
+/// A [`RawBackend`] registered for `host` (app `host`), once the router routes to it.
+async fn raw_route(nats: &Nats, router: &Router, host: &str) -> RawBackend {
+    let backend = RawBackend::start().await;
+    let registrar = Registrar::connect(&nats.url).await;
+    registrar
+        .register(&endpoint(backend.addr, &[host], host))
+        .await;
+    wait_routed(router, host, "/").await;
+    backend
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -192,12 +203,7 @@ async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String
 async fn responses_keep_their_framing_and_pipelined_requests_are_answered_in_order() {
     let nats = Nats::start();
     let router = Router::start(&nats.url).await;
-    let backend = RawBackend::start().await;
-    let registrar = Registrar::connect(&nats.url).await;
-    registrar
-        .register(&endpoint(backend.addr, &["raw.example.com"], "raw"))
-        .await;
-    wait_routed(&router, "raw.example.com", "/chunked").await;
+    let _backend = raw_route(&nats, &router, "raw.example.com").await;
 
     let mut client = TcpStream::connect(router.addr).await.unwrap();
     let host = "Host: raw.example.com\r\n";
@@ -242,12 +248,7 @@ async fn responses_keep_their_framing_and_pipelined_requests_are_answered_in_ord
 async fn a_connection_goes_on_with_hyper_after_a_request_the_forwarding_path_leaves() {
     let nats = Nats::start();
     let router = Router::start(&nats.url).await;
-    let backend = RawBackend::start().await;
-    let registrar = Registrar::connect(&nats.url).await;
-    registrar
-        .register(&endpoint(backend.addr, &["mixed.example.com"], "mixed"))
-        .await;
-    wait_routed(&router, "mixed.example.com", "/").await;
+    let _backend = raw_route(&nats, &router, "mixed.example.com").await;
 
     let mut client = TcpStream::connect(router.addr).await.unwrap();
     let mut pending = Vec::new();

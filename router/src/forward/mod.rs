@@ -290,13 +290,8 @@ impl Conn<'_, '_> {
                 let status = error.status().as_u16();
                 metrics.response(status);
                 metrics.latency.observe(arrival.at.elapsed());
-                let answer = error.raw(&plan.host, &plan.request_id, plan.head_only, close);
+                let (answer, sent) = error.raw(&plan.host, &plan.request_id, plan.head_only, close);
                 let keep = self.client.write_all(&answer).await.is_ok() && !close;
-                let sent = if plan.head_only {
-                    0
-                } else {
-                    error.message(&plan.host).len() as u64
-                };
                 (status, endpoint, keep, sent)
             }
         };
@@ -459,7 +454,8 @@ impl Conn<'_, '_> {
                 }
             }
         }
-        if ended && reusable && conn.buf.is_empty() {
+        // (The pool refuses a connection with bytes read past the response.)
+        if ended && reusable {
             let max = self.shared.config.max_idle_per_endpoint;
             lease.endpoint().streams.checkin(conn, max);
         }

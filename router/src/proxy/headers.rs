@@ -190,7 +190,7 @@ impl RouterError {
         }
     }
 
-    pub(crate) fn message(self, host: &str) -> String {
+    fn message(self, host: &str) -> String {
         match self {
             RouterError::EmptyHost => "400 Bad Request: Request had no Host header.\n".into(),
             RouterError::UnknownRoute => {
@@ -206,14 +206,15 @@ impl RouterError {
     }
 
     /// The response as bytes for the forwarding path (the same head and text as
-    /// [`Self::response`]; no text for a HEAD request; `close`: the connection closes after).
+    /// [`Self::response`]; no text for a HEAD request; `close`: the connection closes after),
+    /// and how many bytes of text it carries.
     pub(crate) fn raw(
         self,
         host: &str,
         request_id: &HeaderValue,
         head_only: bool,
         close: bool,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, u64) {
         let text = self.message(host);
         let status = self.status();
         let mut out = Vec::with_capacity(256 + text.len());
@@ -234,10 +235,11 @@ impl RouterError {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(text.as_bytes());
+        if head_only {
+            return (out, 0);
         }
-        out
+        out.extend_from_slice(text.as_bytes());
+        (out, text.len() as u64)
     }
 
     /// The response: status, `X-Cf-Routererror`, the request id, a short text naming `host`.
