@@ -1,6 +1,7 @@
-//! What the router's integration tests share: a `nats-server` of each test's own (kiln-testkit's:
-//! a free loopback port, another if that one was taken meanwhile), the router in-process on free ports (shut down on drop), a
-//! registrar speaking gorouter's messages, and polling helpers. Backends are in `backend`.
+//! What the router's integration tests share: a `nats-server` of each test's own
+//! (kiln-testkit's: a free loopback port, another if that one was taken meanwhile), the
+//! router in-process on free ports (shut down on drop), a registrar speaking gorouter's
+//! messages, and polling helpers. Backends are in `backend`.
 #![allow(dead_code)]
 
 pub mod backend;
