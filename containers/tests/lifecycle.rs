@@ -184,3 +184,57 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
     t.backend.destroy("taken").await.expect("destroy");
     assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn an_abandoned_create_leaves_nothing_behind() {
+    let t = TestBackend::new(14).await;
+    // The caller gives up while the container is being made (a timeout, a cancelled
+    // staging): its create future is dropped once the backend lists it as `Creating`.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let create = t.backend.create(spec("abandoned"));
+        tokio::pin!(create);
+        let abandoned = loop {
+            tokio::select! {
+                created = &mut create => break created.map(|_| false),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {
+                    if matches!(t.backend.info("abandoned"), Ok(i) if i.state == ContainerState::Creating) {
+                        break Ok(true);
+                    }
+                }
+            }
+        };
+        match abandoned {
+            Ok(true) => break,
+            // Made before a look found it being made (a very busy machine): again.
+            Ok(false) if tries < 5 => t.backend.destroy("abandoned").await.expect("destroy"),
+            other => panic!("no create to abandon in {tries} tries: {other:?}"),
+        }
+    }
+
+    // The backend finishes the create and, nobody waiting for it, destroys the container.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let gone = matches!(t.backend.info("abandoned"), Err(Error::NotFound(_)));
+        if gone && t.backend.resources_on_machine().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an abandoned create left {:?} (info: {:?})",
+            t.backend.resources_on_machine(),
+            t.backend.info("abandoned").map(|i| i.state)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its handle, slot and address are free again.
+    let info = t
+        .backend
+        .create(spec("abandoned"))
+        .await
+        .expect("create again");
+    assert_eq!(info.state, ContainerState::Active);
+    t.backend.destroy("abandoned").await.expect("destroy");
+    assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
+}

@@ -12,8 +12,8 @@
 //! saturated run's p99 is mostly queueing for the CPU, a phase with one connection (one
 //! request at a time) measures the latency each proxy adds (`one_connection`).
 //!
-//! Settings (environment): `KILN_BENCH_ROUNDS` (3), `KILN_BENCH_DURATION_SECS` (10),
-//! `KILN_BENCH_THREADS` (2), `KILN_BENCH_CONNECTIONS` (32), `KILN_BENCH_LATENCY_SECS` (5; 0
+//! Settings (environment): `KILN_BENCH_ROUNDS` (5), `KILN_BENCH_DURATION_SECS` (6),
+//! `KILN_BENCH_THREADS` (2), `KILN_BENCH_CONNECTIONS` (32), `KILN_BENCH_LATENCY_SECS` (3; 0
 //! skips that phase), `KILN_BENCH_RTR_LINES` (true), `KILN_BENCH_ONLY` (`direct`, `kiln` or
 //! `nginx`: load that one alone, for profiling).
 
@@ -37,11 +37,11 @@ use serde_json::{json, Value};
 
 const THREADS: u32 = 2;
 const CONNECTIONS: u32 = 32;
-const DURATION_SECS: u64 = 10;
-const ROUNDS: usize = 3;
+const DURATION_SECS: u64 = 6;
+const ROUNDS: usize = 5;
 const WARMUP_SECS: u64 = 3;
 /// Each run of the one-connection latency phase.
-const LATENCY_SECS: u64 = 5;
+const LATENCY_SECS: u64 = 3;
 /// What the backend answers.
 const BODY: &[u8] = b"hello from the backend\n";
 /// The route's host, sent as `Host` to all three.
@@ -68,7 +68,13 @@ fn main() -> Result<()> {
         .thread_name(ROUTER_THREADS)
         .enable_all()
         .build()?;
-    let figures = runtime.block_on(bench(backend));
+    // Interrupted, the bench is dropped on the way out: its nginx and nats-server with it.
+    let figures = runtime.block_on(async {
+        tokio::select! {
+            figures = bench(backend) => figures,
+            signal = kiln_e2e::platform::interrupted() => Err(anyhow::anyhow!("interrupted ({signal})")),
+        }
+    });
     runtime.shutdown_timeout(Duration::from_secs(5));
     backend_runtime.shutdown_timeout(Duration::from_secs(5));
     println!("{}", figures?);
@@ -451,6 +457,7 @@ async fn wrk_run(load: &Load, addr: SocketAddr, secs: u64) -> Result<Run> {
             format!("http://{addr}/"),
         ])
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .context("running wrk")?;

@@ -23,7 +23,42 @@ use crate::state::{parse_passwd, ContainerRecord, User};
 
 impl Backend {
     /// Creates and starts a container (its init runs; use [`Backend::run`] for processes).
+    ///
+    /// The create goes on if the caller stops waiting for it (its future dropped: a timeout,
+    /// a cancelled staging): once made, a container nobody waits for any more is destroyed,
+    /// so an abandoned create leaves neither a container its caller does not know of nor one
+    /// stuck in `Creating` that destroy refuses.
     pub async fn create(&self, spec: ContainerSpec) -> Result<crate::spec::ContainerInfo> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let handle = spec.handle.clone();
+            let created = backend.create_whole(spec).await;
+            let Err(abandoned) = answer.send(created) else {
+                return;
+            };
+            // Made (or half-made and listed for destroy to finish): this create's to undo.
+            let made = match abandoned {
+                Ok(_) => true,
+                Err(Error::CreateFailed { cleanup, .. }) => cleanup.is_some(),
+                Err(_) => false,
+            };
+            if made {
+                warn!(%handle, "container.create-abandoned: destroying it");
+                if let Err(e) = backend.destroy(&handle).await {
+                    warn!(%handle, error = %e, "destroying a container whose create was abandoned");
+                }
+            }
+        });
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::Task(
+                "the create task ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// The create itself, run to its end by [`Backend::create`]'s task.
+    async fn create_whole(&self, spec: ContainerSpec) -> Result<crate::spec::ContainerInfo> {
         validate(&spec)?;
         let stack = self.inner.resolve_stack(&spec.stack)?;
         let handle = spec.handle.clone();
