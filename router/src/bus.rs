@@ -62,13 +62,6 @@ pub(crate) async fn connect(shared: &Shared) -> Result<Bus, StartError> {
     })
 }
 
-impl Bus {
-    /// The connection, for other publishers.
-    pub(crate) fn client(&self) -> Client {
-        self.client.clone()
-    }
-}
-
 /// Applies bus messages until `stop`.
 pub(crate) async fn serve(bus: Bus, shared: Arc<Shared>, stop: CancellationToken) {
     let Bus {

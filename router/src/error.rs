@@ -65,4 +65,13 @@ pub enum StartError {
     /// The subscription could not be confirmed with the server.
     #[error("confirming the subscription with NATS: {0}")]
     RoundTrip(#[source] kiln_bus::RoundTripError),
+    /// A thread of the router could not be started.
+    #[error("starting {what}: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

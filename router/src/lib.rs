@@ -50,7 +50,8 @@ pub(crate) struct Shared {
     pub(crate) id: String,
     pub(crate) config: Config,
     pub(crate) table: table::Table,
-    pub(crate) metrics: metrics::Metrics,
+    /// Shared with the RTR publishing thread, which holds nothing else of the router's.
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// The `router.start` / `router.greet` body.
     pub(crate) greeting: RouterStart,
     /// Set when the drain begins: `/health` then answers 503.
@@ -134,7 +135,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     let shared = Arc::new(Shared {
         id: id.clone(),
         table: table::Table::new(config.balancing, config.stale_threshold),
-        metrics: metrics::Metrics::default(),
+        metrics: Arc::default(),
         greeting,
         draining: AtomicBool::new(false),
         rtr,
@@ -144,14 +145,10 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     let shutdown = CancellationToken::new();
     // Stopped after the drain: the bus, RTR lines, pruning and the status listener.
     let background = CancellationToken::new();
-    if let Some(queue) = rtr_queue {
-        tokio::spawn(rtr::publish(
-            bus.client(),
-            queue,
-            shared.clone(),
-            background.clone(),
-        ));
-    }
+    let publisher = match rtr_queue {
+        Some(queue) => Some(rtr::start_publisher(shared.clone(), queue, background.clone()).await?),
+        None => None,
+    };
     tokio::spawn(bus::serve(bus, shared.clone(), background.clone()));
     tokio::spawn(bus::prune(shared.clone(), background.clone()));
     let status = tokio::spawn(status::serve(
@@ -165,6 +162,10 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         let drained = proxy.await;
         background.cancel();
         let _ = status.await;
+        if let Some(publisher) = publisher {
+            // It publishes what is still queued, then ends.
+            let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+        }
         info!(event = "router.stopped", drained, "router stopped");
         Stopped { drained }
     });

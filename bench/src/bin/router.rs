@@ -47,7 +47,8 @@ const BODY: &[u8] = b"hello from the backend\n";
 /// The route's host, sent as `Host` to all three.
 const HOST: &str = "bench.kiln.local";
 const TARGET_RATIO: f64 = 1.0;
-/// The router's runtime threads (its CPU time is read from their `schedstat`).
+/// The router's threads, by their name's start: its runtime's, its proxy threads and its RTR
+/// publishing thread (`kiln-router-rtr`); their CPU time is read from their `schedstat`.
 const ROUTER_THREADS: &str = "kiln-router";
 const TARGET_ADDED_P99_MS: f64 = 0.3;
 
@@ -377,11 +378,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Threads (as `/proc/<pid>/task/<tid>` paths) of this process named `name`.
+/// Threads (as `/proc/<pid>/task/<tid>` paths) of this process whose name starts with `name`.
 fn threads_named(name: &str) -> Vec<std::path::PathBuf> {
     tasks_of(std::process::id())
         .into_iter()
-        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with(name)))
         .collect()
 }
 
