@@ -8,7 +8,8 @@
 //! an instance's state ([`InstanceStateChange`]) on [`INSTANCE_STATE`], and every
 //! [`INSTANCES_INTERVAL_SECS`] the full list of what it runs ([`CellInstances`]) on
 //! [`CELL_INSTANCES`], so a controller can converge desired and actual state after lost
-//! messages. App output and lifecycle lines go to [`app_log`]`(app_guid)` ([`AppLogLine`]),
+//! messages. App output and lifecycle lines go to [`app_log`]`(app_guid)` ([`AppLogLine`], or
+//! an array of them: read with [`decode_app_log`]),
 //! usage to [`INSTANCE_METRICS`] ([`InstanceMetrics`]). Restarting crashed instances is the
 //! controller's job, not the cell's.
 //!
@@ -91,6 +92,16 @@ pub const SESSION_PING_SECS: u64 = 5;
 pub const SESSION_IDLE_SECS: u64 = 30;
 /// The longest a session may last, seconds.
 pub const SESSION_MAX_SECS: u64 = 8 * 3600;
+
+/// Reads a message of an app's log subject: one [`AppLogLine`], or a JSON array of them (the
+/// router sends an app's lines of a few milliseconds together).
+pub fn decode_app_log(subject: &str, body: &[u8]) -> Result<Vec<AppLogLine>, crate::DecodeError> {
+    if body.trim_ascii_start().starts_with(b"[") {
+        crate::decode(subject, body)
+    } else {
+        crate::decode(subject, body).map(|line| vec![line])
+    }
+}
 
 /// The subject of app `app_guid`'s log lines.
 pub fn app_log(app_guid: &str) -> String {
@@ -577,5 +588,15 @@ mod tests {
             timestamp_ns: 3,
         };
         assert_eq!(decode::<AppLogLine>("s", &encode(&line)).unwrap(), line);
+        assert_eq!(
+            decode_app_log("s", &encode(&line)).unwrap(),
+            std::slice::from_ref(&line)
+        );
+        let two = encode(&[&line, &line]);
+        assert_eq!(
+            decode_app_log("s", &two).unwrap(),
+            [line.clone(), line.clone()]
+        );
+        assert!(decode_app_log("s", b" [{\"app_guid\":1}]").is_err());
     }
 }

@@ -332,7 +332,10 @@ async fn a_client_that_goes_away_ends_its_request() {
         .await
         .expect("an RTR line in time")
         .expect("the subscription is open");
-    let line: kiln_bus::cell::AppLogLine = serde_json::from_slice(&line.payload).unwrap();
+    let lines = kiln_bus::cell::decode_app_log(&line.subject, &line.payload).unwrap();
+    let [line] = &lines[..] else {
+        panic!("one line: {lines:?}")
+    };
     assert!(
         line.message.contains("\"GET / HTTP/1.1\" 499 0 0 "),
         "{}",

@@ -3,30 +3,54 @@
 
 mod common;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use common::backend::Backend;
 use common::{endpoint, wait_routed, Nats, Registrar, Router};
 use futures::StreamExt;
-use kiln_bus::cell::{app_log, AppLogLine, APP_LOG_ALL};
+use kiln_bus::cell::{app_log, decode_app_log, AppLogLine, APP_LOG_ALL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The next app log line on `lines`.
-async fn next_line(lines: &mut async_nats::Subscriber) -> AppLogLine {
-    let message = tokio::time::timeout(Duration::from_secs(20), lines.next())
-        .await
-        .expect("an app log line within 20 s")
-        .expect("subscription open");
-    kiln_bus::decode(&message.subject, &message.payload).expect("an AppLogLine")
+/// App log lines heard on the bus, one at a time (the router sends an app's lines of a few
+/// milliseconds in one message).
+struct Heard {
+    messages: async_nats::Subscriber,
+    lines: VecDeque<AppLogLine>,
 }
 
-/// The next line whose message has `needle`, skipping others (the probes of `wait_routed`).
-async fn line_with(lines: &mut async_nats::Subscriber, needle: &str) -> AppLogLine {
-    loop {
-        let line = next_line(lines).await;
-        if line.message.contains(needle) {
-            return line;
+impl Heard {
+    async fn on(watcher: &async_nats::Client, subject: String) -> Heard {
+        Heard {
+            messages: watcher.subscribe(subject).await.unwrap(),
+            lines: VecDeque::new(),
+        }
+    }
+
+    /// The next line.
+    async fn next(&mut self) -> AppLogLine {
+        loop {
+            if let Some(line) = self.lines.pop_front() {
+                return line;
+            }
+            let message = tokio::time::timeout(Duration::from_secs(20), self.messages.next())
+                .await
+                .expect("an app log line within 20 s")
+                .expect("subscription open");
+            let lines = decode_app_log(&message.subject, &message.payload).expect("app log lines");
+            self.lines.extend(lines);
+        }
+    }
+
+    /// The next line whose message has `needle`, skipping others (the probes of
+    /// `wait_routed`).
+    async fn with(&mut self, needle: &str) -> AppLogLine {
+        loop {
+            let line = self.next().await;
+            if line.message.contains(needle) {
+                return line;
+            }
         }
     }
 }
@@ -37,8 +61,8 @@ async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
     let router = Router::start(&nats.url).await;
     let backend = Backend::echo("web").await;
     let watcher = async_nats::connect(&nats.url).await.unwrap();
-    let mut lines = watcher.subscribe(app_log("app-guid-7")).await.unwrap();
-    let mut all = watcher.subscribe(APP_LOG_ALL).await.unwrap();
+    let mut lines = Heard::on(&watcher, app_log("app-guid-7")).await;
+    let mut all = Heard::on(&watcher, APP_LOG_ALL.into()).await;
     kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
         .await
         .unwrap();
@@ -60,7 +84,7 @@ async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
     assert_eq!(response.status(), 200);
     let received = response.bytes().await.unwrap().len();
 
-    let line = line_with(&mut lines, "/orders/9").await;
+    let line = lines.with("/orders/9").await;
     assert_eq!(line.app_guid, "app-guid-7");
     assert_eq!(line.source, "RTR");
     assert_eq!(line.stream, "OUT");
@@ -101,7 +125,7 @@ async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
         .unwrap();
     assert_eq!(response.status(), 200);
     loop {
-        let line = next_line(&mut all).await;
+        let line = all.next().await;
         assert!(!line.message.contains("nowhere"), "{}", line.message);
         if line.message.contains("/after") {
             break;
@@ -116,7 +140,7 @@ async fn a_request_leaves_an_rtr_line_in_its_apps_log() {
 async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
     let nats = Nats::start();
     let watcher = async_nats::connect(&nats.url).await.unwrap();
-    let mut lines = watcher.subscribe(APP_LOG_ALL).await.unwrap();
+    let mut lines = Heard::on(&watcher, APP_LOG_ALL.into()).await;
     kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
         .await
         .unwrap();
@@ -134,7 +158,7 @@ async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
     router.wait_endpoints("dead.example.com", 1).await;
     let response = router.get("dead.example.com", "/x").send().await.unwrap();
     assert_eq!(response.status(), 502);
-    let line = line_with(&mut lines, "\"GET /x HTTP/1.1\" 502").await;
+    let line = lines.with("\"GET /x HTTP/1.1\" 502").await;
     assert_eq!(line.app_guid, "dead-app");
     assert!(
         line.message.contains(&format!("\"{dead}\"")),
@@ -151,9 +175,7 @@ async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
     let response = quiet.get("quiet.example.com", "/").send().await.unwrap();
     assert_eq!(response.status(), 200);
     drop(router);
-    let heard = tokio::time::timeout(Duration::from_millis(500), lines.next()).await;
-    if let Ok(Some(message)) = heard {
-        let line: AppLogLine = kiln_bus::decode(&message.subject, &message.payload).unwrap();
+    while let Ok(line) = tokio::time::timeout(Duration::from_millis(500), lines.next()).await {
         assert_ne!(line.app_guid, "quiet-app", "{}", line.message);
     }
     assert_eq!(quiet.status_json("/varz").await["rtr_lines"], 0);

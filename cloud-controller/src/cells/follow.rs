@@ -183,15 +183,19 @@ pub async fn run(s: AppState) -> Result<(), async_nats::SubscribeError> {
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a message"),
             },
-            Some(m) = logs.next() => match kiln_bus::decode::<cell::AppLogLine>(&m.subject, &m.payload) {
-                Ok(l) => s.logs.push(AppLogLine {
-                    app_guid: l.app_guid,
-                    source: l.source,
-                    stream: l.stream,
-                    message: l.message,
-                    timestamp_ns: l.timestamp_ns,
-                }),
-                Err(e) => tracing::warn!(error = %e, "ignoring a log line"),
+            Some(m) = logs.next() => match cell::decode_app_log(&m.subject, &m.payload) {
+                Ok(lines) => {
+                    for l in lines {
+                        s.logs.push(AppLogLine {
+                            app_guid: l.app_guid,
+                            source: l.source,
+                            stream: l.stream,
+                            message: l.message,
+                            timestamp_ns: l.timestamp_ns,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a log message"),
             },
             _ = bus_check.tick() => {
                 if s.nats.connection_state() != BusState::Connected {

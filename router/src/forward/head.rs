@@ -19,15 +19,13 @@ use hyper::header::HeaderValue;
 
 use super::framing::{Chunks, Framing};
 use crate::proxy::new_request_id;
+use crate::rtr::Marks;
 use crate::table::{normalize_host, Endpoint, RouteKey};
 use crate::Shared;
 
 /// Headers parsed per request head, at most; a request with more is left to hyper (which
 /// answers 431 over the configured count).
 const MAX_HEADERS: usize = 128;
-
-/// Headers of a forwarded head, at most: the client's and the router's.
-pub(crate) const MAX_FORWARDED_HEADERS: usize = MAX_HEADERS + 8;
 
 /// Headers parsed per response head, at most (hyper's client refuses more too).
 const MAX_RESPONSE_HEADERS: usize = 100;
@@ -52,6 +50,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// What became of the bytes read from a client so far.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved on at once; boxing the plan would cost an allocation"
+)]
 pub(crate) enum Parsed {
     /// Not a whole head yet.
     Partial,
@@ -79,6 +81,8 @@ pub(crate) struct Plan {
     pub(crate) request_id: HeaderValue,
     /// The head for the endpoint, up to the endpoint's own headers (see [`finish_request`]).
     pub(crate) head: Vec<u8>,
+    /// Where the RTR line's parts are in `head`.
+    pub(crate) marks: Marks,
     /// Where the method and the request target are in the client's buffer.
     pub(crate) method: Range<usize>,
     pub(crate) target: Range<usize>,
@@ -113,11 +117,15 @@ fn is(name: &str, wanted: &str) -> bool {
     name.eq_ignore_ascii_case(wanted)
 }
 
-fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends a header line; says where its value is in `out`.
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> Range<usize> {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
+    let start = out.len();
     out.extend_from_slice(value);
+    let end = out.len();
     out.extend_from_slice(b"\r\n");
+    start..end
 }
 
 /// Parses the head at the start of `buf` (read from `client`) and, when it is one the
@@ -195,13 +203,17 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
         start..start + part.len()
     };
     let mut head = Vec::with_capacity(head_len + 256);
+    let mut marks = Marks {
+        method: 0..method.len(),
+        target: method.len() + 1..method.len() + 1 + target.len(),
+        ..Marks::default()
+    };
     head.extend_from_slice(method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     let mut request_id = None;
-    let mut has_proto = false;
     let mut has_start = false;
     for h in request.headers.iter() {
         let name = h.name;
@@ -226,17 +238,33 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
             // The endpoint's values replace them.
             continue;
         }
-        has_proto |= is(name, "x-forwarded-proto");
         has_start |= is(name, "x-request-start");
-        header_line(&mut head, name.as_bytes(), h.value);
+        let at = header_line(&mut head, name.as_bytes(), h.value);
+        // What the RTR line tells: the first of each.
+        let told = if is(name, "x-forwarded-proto") {
+            &mut marks.forwarded_proto
+        } else if is(name, "host") {
+            &mut marks.host
+        } else if is(name, "user-agent") {
+            &mut marks.user_agent
+        } else if is(name, "referer") {
+            &mut marks.referer
+        } else {
+            continue;
+        };
+        told.get_or_insert(at);
     }
     let _ = write!(forwarded_for, "{client}");
-    header_line(&mut head, b"x-forwarded-for", &forwarded_for);
-    if !has_proto {
-        header_line(&mut head, b"x-forwarded-proto", b"http");
+    marks.forwarded_for = Some(header_line(&mut head, b"x-forwarded-for", &forwarded_for));
+    if marks.forwarded_proto.is_none() {
+        marks.forwarded_proto = Some(header_line(&mut head, b"x-forwarded-proto", b"http"));
     }
     let request_id = request_id.unwrap_or_else(new_request_id);
-    header_line(&mut head, b"x-vcap-request-id", request_id.as_bytes());
+    marks.request_id = Some(header_line(
+        &mut head,
+        b"x-vcap-request-id",
+        request_id.as_bytes(),
+    ));
     if !has_start {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -255,6 +283,7 @@ pub(crate) fn parse_request(buf: &[u8], client: IpAddr, shared: &Shared) -> Pars
         head_only: method == "HEAD",
         request_id,
         head,
+        marks,
         method: within(method),
         target: within(target),
     })

@@ -31,7 +31,6 @@ use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub(crate) use endpoint::EndpointConn;
-pub(crate) use head::MAX_FORWARDED_HEADERS;
 pub(crate) use rewind::Rewind;
 
 use crate::metrics::{bump, drop_one};
@@ -103,6 +102,10 @@ pub(crate) async fn serve(
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved on at once (as `Parsed`)"
+)]
 enum Next {
     Request(Plan),
     Hyper,
@@ -265,7 +268,6 @@ impl Conn<'_, '_> {
     ) -> (u16, Option<Arc<Endpoint>>, bool) {
         let shared = self.shared;
         let metrics = &shared.metrics;
-        let common = plan.head.len();
         let mut head = std::mem::take(&mut plan.head);
         let outcome = self.attempts(plan, &mut head, body).await;
         let close = plan.close || self.draining();
@@ -299,9 +301,11 @@ impl Conn<'_, '_> {
         // headers); the router's own answers name the last endpoint tried.
         let logged = endpoint.as_ref().filter(|e| !e.app.is_empty());
         if let (Some(to), true) = (logged, shared.rtr.enabled()) {
-            head.truncate(common);
-            head.extend_from_slice(b"\r\n");
-            let pending = Pending::new(Seen::Forwarded(head), self.peer, to, status, arrival, None)
+            let seen = Seen::Forwarded {
+                head,
+                marks: std::mem::take(&mut plan.marks),
+            };
+            let pending = Pending::new(seen, self.peer, to, status, arrival, None)
                 .with_request_bytes(plan.body_len as u64);
             shared.rtr.offer(pending.finish(sent), metrics);
         }
