@@ -227,20 +227,19 @@ pub(crate) async fn start_publisher(
         .build()
         .map_err(thread_failed)?;
     let (connected, connecting) = oneshot::channel();
-    let to = url.clone();
     let thread = std::thread::Builder::new()
         .name(PUBLISHER_THREAD.into())
         .spawn(move || {
             batch_policy();
             runtime.block_on(async move {
                 let options = async_nats::ConnectOptions::new().name(name);
-                match options.connect(to.as_str()).await {
+                match options.connect(url.as_str()).await {
                     Ok(client) => {
                         let _ = connected.send(Ok(()));
                         publish(client, queue, metrics, stop).await;
                     }
-                    Err(e) => {
-                        let _ = connected.send(Err(e));
+                    Err(source) => {
+                        let _ = connected.send(Err(StartError::Connect { url, source }));
                     }
                 }
             });
@@ -248,7 +247,7 @@ pub(crate) async fn start_publisher(
         .map_err(thread_failed)?;
     match connecting.await {
         Ok(Ok(())) => Ok(thread),
-        Ok(Err(source)) => Err(StartError::Connect { url, source }),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(thread_failed(std::io::Error::other(
             "it ended before connecting",
         ))),
