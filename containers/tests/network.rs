@@ -1,4 +1,5 @@
-//! Networking: NetIn reachable from the host, egress denied by default and allowed by a rule.
+//! Networking: NetIn reachable from the host (and the container's listeners seen from it),
+//! egress denied by default and allowed by a rule.
 //! Egress is tested against a listener in a network namespace the test makes and removes.
 mod common;
 #[path = "common/peer.rs"]
@@ -98,6 +99,14 @@ async fn net_in_forwards_host_ports_to_the_container() {
         body.is_some(),
         "NetIn via 127.0.0.1:{port} did not reach the container"
     );
+    // Asked of the container's network namespace: httpd listens on 8080, nothing on 9090.
+    let listeners = t.backend.listeners("web").await.expect("listeners");
+    assert!(
+        listeners.accepts(8080).expect("ask"),
+        "httpd listens on 8080"
+    );
+    assert!(!listeners.accepts(9090).expect("ask"), "nothing on 9090");
+    assert!(t.backend.listeners("nobody").await.is_err());
     if let Some(host) = host_address() {
         let body = tokio::task::spawn_blocking(move || get(host, port))
             .await

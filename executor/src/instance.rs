@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use kiln_bus::cell::{ActualInstance, CrashReason, InstanceStart, InstanceState};
+use kiln_bus::cell::{ActualInstance, CrashReason, HealthCheckType, InstanceStart, InstanceState};
+use kiln_containers::network::Listeners;
 use kiln_containers::ProcessExit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -204,7 +205,17 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
     ];
     let mut exited = tokio::spawn(async move { process.wait().await });
     report::cell_log(nats, inst, "Starting health monitoring of container").await;
-    let outcome = monitor(cell, inst, app, &mut exited).await;
+    let listeners = match inst.start.health_check.kind {
+        HealthCheckType::Port => match cell.backend.listeners(guid).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "port checks connect to the app instead");
+                None
+            }
+        },
+        _ => None,
+    };
+    let outcome = monitor(cell, inst, app, listeners.as_ref(), &mut exited).await;
 
     if inst.registered.swap(false, Ordering::SeqCst) {
         report::routes(nats, inst, &cell.config.zone, false).await;
@@ -291,12 +302,14 @@ async fn lifecycle(cell: &Shared, inst: &Instance) {
 /// starting probe interval.
 const FIRST_STARTING_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Health checks of `app` (the container's address, the app's port) until the process ends,
-/// the instance is stopped, or it fails its check.
+/// Health checks of `app` (the container's address, the app's port; a port check asks
+/// `listeners` when there are) until the process ends, the instance is stopped, or it fails
+/// its check.
 async fn monitor(
     cell: &Shared,
     inst: &Instance,
     app: std::net::SocketAddr,
+    listeners: Option<&Listeners>,
     exited: &mut JoinHandle<kiln_containers::Result<ProcessExit>>,
 ) -> Outcome {
     let timings = &cell.config.timings;
@@ -327,7 +340,7 @@ async fn monitor(
             () = tokio::time::sleep(if running { interval } else { std::time::Duration::ZERO }) => {}
         }
         let healthy = tokio::select! {
-            h = crate::health::probe(check, app, probe_timeout) => h,
+            h = crate::health::probe(check, app, listeners, probe_timeout) => h,
             () = inst.stop.cancelled() => return Outcome::Stopped,
         };
         match (running, healthy) {

@@ -1,6 +1,7 @@
-//! Instances that do not make it, on real runc (test indexes 61 and 62): a failing http health
-//! check, an app exiting 3, a droplet whose sha256 is not the one named. Each ends CRASHED
-//! with its reason, its container destroyed, its capacity given back, nothing left.
+//! Instances that do not make it, on real runc (test indexes 61, 62 and 93): a failing http
+//! health check, an app that stops listening on its port, an app exiting 3, a droplet whose
+//! sha256 is not the one named. Each ends CRASHED with its reason, its container destroyed,
+//! its capacity given back, nothing left.
 mod common;
 
 use std::time::Duration;
@@ -56,6 +57,31 @@ fn a_failing_http_health_check_crashes_the_instance() {
         c.bus
             .state("inst-ok", "RUNNING", Duration::from_secs(30))
             .await;
+    });
+    c.shutdown();
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn an_app_that_stops_listening_fails_its_port_check() {
+    // Probed every second once running (test index 93).
+    let mut c = Cell::with(93, |config| config.timings.running_probe_interval_secs = 1);
+    // httpd listens for a while and goes; the shell (the instance's process) stays.
+    let goes = "httpd -f -p $PORT -h /home/vcap/app & sleep 2; kill $!; exec sleep 600";
+    let tgz = droplet(&[("index.html", "up\n")], goes);
+    let sha = sha256(&tgz);
+    let url = c.droplets.add("d1", tgz);
+    c.block_on(async {
+        let s = start("app3", "inst-p", &url, &sha, goes);
+        c.send(cell::start_subject(&c.config.cell_id), &s).await;
+        let wait = Duration::from_secs(30);
+        c.bus.state("inst-p", "RUNNING", wait).await;
+        let (_, crashed) = c.bus.state("inst-p", "CRASHED", wait).await;
+        assert_eq!(crashed["crash_reason"], "health_check", "{crashed}");
+        assert!(
+            c.backend().info("inst-p").is_err(),
+            "the crashed container is destroyed"
+        );
     });
     c.shutdown();
     assert_eq!(c.leftovers(), Vec::<String>::new());

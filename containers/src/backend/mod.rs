@@ -26,7 +26,7 @@ pub use streams::StreamInOptions;
 
 use crate::config::{Config, IDS_PER_CONTAINER};
 use crate::error::{Error, Result};
-use crate::network::{self, Chains, NetworkError, Pool, PortAllocator};
+use crate::network::{self, Chains, Listeners, NetworkError, Pool, PortAllocator};
 use crate::runtime::Runc;
 use crate::spec::{
     Capacity, ContainerInfo, ContainerMetrics, ContainerState, NetOutRule, PortMapping,
@@ -231,6 +231,36 @@ impl Backend {
             properties: r.spec.properties.clone(),
             limits: r.spec.limits,
         })
+    }
+
+    /// A look into the container's network: which TCP ports would accept a connection at its
+    /// address ([`Listeners`], a netlink socket in its network namespace, for as long as the
+    /// caller keeps it).
+    pub async fn listeners(&self, handle: &str) -> Result<Listeners> {
+        let address = self.info(handle)?.container_ip;
+        let pid_file = self.inner.dir(handle).init_pid();
+        let made = tokio::task::spawn_blocking(move || {
+            let pid = std::fs::read_to_string(&pid_file)
+                .map_err(|e| Error::io("read pid file", &pid_file, e))?;
+            let pid: u32 = pid.trim().parse().map_err(|_| {
+                let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, pid.clone());
+                Error::io("parse pid file", &pid_file, bad)
+            })?;
+            Listeners::of_process(pid, address).map_err(|e| {
+                Error::io(
+                    "look into the network namespace of",
+                    format!("/proc/{pid}"),
+                    e,
+                )
+            })
+        });
+        made.await.map_err(|e| {
+            Error::io(
+                "look into the container's network",
+                handle,
+                std::io::Error::other(e),
+            )
+        })?
     }
 
     /// CPU time and memory from the container's cgroups, disk from its quota group.

@@ -2,6 +2,7 @@
 //! it, a /30 of the backend's pool, NetIn port forwarding and NetOut egress rules.
 
 pub mod iptables;
+mod listening;
 mod ports;
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 pub use iptables::Chains;
+pub use listening::Listeners;
 pub use ports::PortAllocator;
 
 #[derive(Debug, thiserror::Error)]

@@ -28,9 +28,15 @@ pub struct Cell {
 
 impl Cell {
     pub fn new(index: u8) -> Cell {
+        Cell::with(index, |_| {})
+    }
+
+    /// A cell whose config `adjust` changed first.
+    pub fn with(index: u8, adjust: impl FnOnce(&mut Config)) -> Cell {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = kiln_testkit::Nats::start();
-        let config = config(index, dir.path(), &nats.url);
+        let mut config = config(index, dir.path(), &nats.url);
+        adjust(&mut config);
         // Until the cell exists (its drop cleans up), a failed set-up cleans up here, after
         // the runtime is gone: the backend may have mounted its store.
         let guard = CleanUpOnPanic(config.backend_config());

@@ -26,8 +26,8 @@ pub const TOKEN: &str = "internal-secret";
 /// The test's configuration for index `index`.
 pub fn config(index: u8, dir: &Path, nats: &str) -> Config {
     assert!(
-        (60..=65).contains(&index) || index == 90,
-        "executor tests use indexes 60-65 and 90"
+        (60..=65).contains(&index) || index == 90 || index == 93,
+        "executor tests use indexes 60-65, 90 and 93"
     );
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -1,0 +1,239 @@
+//! Which TCP ports listen in a network namespace, asked of the kernel over a `sock_diag`
+//! netlink socket made in that namespace: what a TCP connection to the port from outside
+//! would find (a listener on the wildcard address or on the given address, its accept queue
+//! not full) without a packet sent. A cell's port health check of an instance is one such
+//! question (one netlink round trip) instead of a connection through the veth, the host's
+//! firewall chains and conntrack: seven packets, and at 50 instances most of an idle cell's
+//! CPU.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCP_LISTEN` (linux/tcp_states.h).
+const TCP_LISTEN: u32 = 10;
+/// Bytes of `struct nlmsghdr`.
+const HEADER: usize = 16;
+/// Bytes of `struct inet_diag_msg` up to and with `idiag_wqueue`.
+const MESSAGE_UP_TO_WQUEUE: usize = 4 + 48 + 4 + 4 + 4;
+
+/// A netlink `sock_diag` socket in one network namespace.
+#[derive(Debug)]
+pub struct Listeners {
+    socket: OwnedFd,
+    /// The namespace's own address: listeners bound to it count, as do wildcard ones.
+    address: Ipv4Addr,
+}
+
+impl Listeners {
+    /// A socket in the calling thread's network namespace; `address` is the namespace's own
+    /// address, to which connections would come.
+    pub fn here(address: Ipv4Addr) -> io::Result<Listeners> {
+        // SAFETY: socket(2) with constant arguments; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just made and is owned by nobody else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Listeners { socket, address })
+    }
+
+    /// A socket in the network namespace of process `pid` (made on a thread of its own that
+    /// enters the namespace and ends).
+    pub fn of_process(pid: u32, address: Ipv4Addr) -> io::Result<Listeners> {
+        let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+        std::thread::scope(|scope| {
+            let made = scope.spawn(|| {
+                // SAFETY: setns(2) on this thread alone, with an open namespace file; the
+                // thread ends right after, so no other work runs in that namespace.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Listeners::here(address)
+            });
+            made.join()
+                .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+        })
+    }
+
+    /// Whether a TCP connection to `port` at the namespace's address would be accepted now:
+    /// a socket listens on it (on the wildcard address or that address, IPv4 or dual-stack
+    /// IPv6) with room in its accept queue.
+    pub fn accepts(&self, port: u16) -> io::Result<bool> {
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            if self.ask(family as u8, port)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One dump of `family`'s TCP listeners on `port`: whether one of them counts.
+    fn ask(&self, family: u8, port: u16) -> io::Result<bool> {
+        let mut request = [0u8; HEADER + 56];
+        let len = request.len() as u32;
+        request[0..4].copy_from_slice(&len.to_ne_bytes());
+        request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        request[6..8].copy_from_slice(&flags.to_ne_bytes());
+        // struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id,
+        // whose source port the kernel matches for a dump.
+        request[HEADER] = family;
+        request[HEADER + 1] = libc::IPPROTO_TCP as u8;
+        request[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        request[HEADER + 8..HEADER + 10].copy_from_slice(&port.to_be_bytes());
+        // SAFETY: a zeroed sockaddr_nl with its family set addresses the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: the buffer and the address are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                std::ptr::from_ref(&kernel).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut found = false;
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length. The kernel answers a dump
+            // while it is read: this does not wait for anything else.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut at = &buf[..n as usize];
+            while at.len() >= HEADER {
+                let len = u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize;
+                let kind = u16::from_ne_bytes([at[4], at[5]]);
+                if len < HEADER || len > at.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a truncated sock_diag answer",
+                    ));
+                }
+                match i32::from(kind) {
+                    libc::NLMSG_DONE => return Ok(found),
+                    libc::NLMSG_ERROR => {
+                        let code = at
+                            .get(HEADER..HEADER + 4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(-libc::EIO);
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    _ if kind == SOCK_DIAG_BY_FAMILY => {
+                        found |= self.counts(&at[HEADER..len], port);
+                    }
+                    _ => {}
+                }
+                // Messages are 4-byte aligned.
+                at = &at[((len + 3) & !3).min(at.len())..];
+            }
+        }
+    }
+
+    /// Whether one `struct inet_diag_msg` is a listener connections to `port` would reach.
+    fn counts(&self, message: &[u8], port: u16) -> bool {
+        if message.len() < MESSAGE_UP_TO_WQUEUE {
+            return false;
+        }
+        let family = i32::from(message[0]);
+        let source_port = u16::from_be_bytes([message[4], message[5]]);
+        let source = &message[8..24];
+        let number = |at: usize| {
+            u32::from_ne_bytes([
+                message[at],
+                message[at + 1],
+                message[at + 2],
+                message[at + 3],
+            ])
+        };
+        // For a listener: connections waiting to be accepted, and the most it holds.
+        let (waiting, most) = (number(56), number(60));
+        let address = match family {
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(source[0], source[1], source[2], source[3])),
+            libc::AF_INET6 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(source);
+                IpAddr::V6(Ipv6Addr::from(octets))
+            }
+            _ => return false,
+        };
+        let reached = match address {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4 == self.address,
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.to_ipv4_mapped() == Some(self.address),
+        };
+        source_port == port && reached && waiting <= most
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn a_port_is_accepted_while_it_listens_on_the_address_or_the_wildcard() {
+        let here = Listeners::here(Ipv4Addr::LOCALHOST).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(here.accepts(port).unwrap());
+        drop(listener);
+        assert!(!here.accepts(port).unwrap());
+
+        // On another address only: a connection to this one would be refused.
+        let elsewhere = TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = elsewhere.local_addr().unwrap().port();
+        assert!(!here.accepts(port).unwrap());
+        let on_it = Listeners::here(Ipv4Addr::new(127, 0, 0, 2)).unwrap();
+        assert!(on_it.accepts(port).unwrap());
+
+        let wildcard = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = wildcard.local_addr().unwrap().port();
+        assert!(here.accepts(port).unwrap());
+        assert!(on_it.accepts(port).unwrap());
+        drop(wildcard);
+
+        // A dual-stack listener takes IPv4 connections too.
+        if let Ok(v6) = TcpListener::bind("[::]:0") {
+            let port = v6.local_addr().unwrap().port();
+            assert!(here.accepts(port).unwrap());
+        }
+
+        // A connected socket on that port is no listener.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        drop(listener);
+        assert!(!here.accepts(port).unwrap());
+    }
+}
