@@ -78,8 +78,37 @@ impl Listeners {
         Ok(false)
     }
 
+    /// One read of what the kernel has for this socket, without waiting: `None` when there
+    /// is nothing.
+    fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// One dump of `family`'s TCP listeners on `port`: whether one of them counts.
     fn ask(&self, family: u8, port: u16) -> io::Result<bool> {
+        let mut buf = vec![0u8; 32 << 10];
+        // What an earlier question left unread (it failed halfway) goes first: a socket
+        // answers one dump at a time.
+        while self.read(&mut buf)?.is_some_and(|n| n > 0) {}
         let mut request = [0u8; HEADER + 56];
         let len = request.len() as u32;
         request[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -110,26 +139,16 @@ impl Listeners {
             return Err(io::Error::last_os_error());
         }
         let mut found = false;
-        let mut buf = vec![0u8; 32 << 10];
         loop {
-            // SAFETY: `buf` is valid for writes of its length. The kernel answers a dump
-            // while it is read: this does not wait for anything else.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
+            // The kernel writes a dump's first part while taking the request and each next
+            // part as the last is read: there is always something to read until the end.
+            let Some(n) = self.read(&mut buf)? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from sock_diag",
+                ));
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let mut at = &buf[..n as usize];
+            let mut at = &buf[..n];
             while at.len() >= HEADER {
                 let len = u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize;
                 let kind = u16::from_ne_bytes([at[4], at[5]]);
