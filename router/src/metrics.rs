@@ -53,7 +53,7 @@ pub struct Metrics {
     pub bus_reconnects: AtomicU64,
     /// RTR lines published on the bus.
     pub rtr_lines: AtomicU64,
-    /// RTR lines dropped because their queue was full.
+    /// RTR lines dropped: their queue was full, or the bus refused them.
     pub rtr_dropped: AtomicU64,
 }
 
@@ -280,7 +280,7 @@ impl Metrics {
         family(
             "rtr_lines_dropped_total",
             "counter",
-            "RTR access log lines dropped because their queue was full.",
+            "RTR access log lines dropped: their queue was full, or the bus refused them.",
             &[("", get(&self.rtr_dropped))],
         );
         self.latency.write(

@@ -10,6 +10,7 @@ use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Mutex, PoisonError};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -19,6 +20,12 @@ const TCP_LISTEN: u32 = 10;
 const HEADER: usize = 16;
 /// Bytes of `struct inet_diag_msg` up to and with `idiag_wqueue`.
 const MESSAGE_UP_TO_WQUEUE: usize = 4 + 48 + 4 + 4 + 4;
+/// Bytes of `struct inet_diag_msg`; its attributes follow.
+const MESSAGE: usize = MESSAGE_UP_TO_WQUEUE + 4 + 4;
+/// `INET_DIAG_SKV6ONLY` (linux/inet_diag.h): a `u8`, whether an IPv6 socket takes IPv6 alone.
+const ATTRIBUTE_V6ONLY: u16 = 11;
+/// Room for the kernel's answers (it fits a dump's parts to the reader's buffer).
+const ANSWER_BYTES: usize = 32 << 10;
 
 /// A netlink `sock_diag` socket in one network namespace.
 #[derive(Debug)]
@@ -26,6 +33,9 @@ pub struct Listeners {
     socket: OwnedFd,
     /// The namespace's own address: listeners bound to it count, as do wildcard ones.
     address: Ipv4Addr,
+    /// Room for answers; held by one question at a time (two at once on the socket would read
+    /// each other's answers).
+    answers: Mutex<Vec<u8>>,
 }
 
 impl Listeners {
@@ -45,7 +55,11 @@ impl Listeners {
         }
         // SAFETY: `fd` was just made and is owned by nobody else.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Listeners { socket, address })
+        Ok(Listeners {
+            socket,
+            address,
+            answers: Mutex::new(vec![0; ANSWER_BYTES]),
+        })
     }
 
     /// A socket in the network namespace of process `pid` (made on a thread of its own that
@@ -70,8 +84,9 @@ impl Listeners {
     /// a socket listens on it (on the wildcard address or that address, IPv4 or dual-stack
     /// IPv6) with room in its accept queue.
     pub fn accepts(&self, port: u16) -> io::Result<bool> {
+        let mut buf = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         for family in [libc::AF_INET, libc::AF_INET6] {
-            if self.ask(family as u8, port)? {
+            if self.ask(&mut buf, family as u8, port)? {
                 return Ok(true);
             }
         }
@@ -104,11 +119,10 @@ impl Listeners {
     }
 
     /// One dump of `family`'s TCP listeners on `port`: whether one of them counts.
-    fn ask(&self, family: u8, port: u16) -> io::Result<bool> {
-        let mut buf = vec![0u8; 32 << 10];
+    fn ask(&self, buf: &mut [u8], family: u8, port: u16) -> io::Result<bool> {
         // What an earlier question left unread (it failed halfway) goes first: a socket
         // answers one dump at a time.
-        while self.read(&mut buf)?.is_some_and(|n| n > 0) {}
+        while self.read(buf)?.is_some_and(|n| n > 0) {}
         let mut request = [0u8; HEADER + 56];
         let len = request.len() as u32;
         request[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -142,7 +156,7 @@ impl Listeners {
         loop {
             // The kernel writes a dump's first part while taking the request and each next
             // part as the last is read: there is always something to read until the end.
-            let Some(n) = self.read(&mut buf)? else {
+            let Some(n) = self.read(buf)? else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no answer from sock_diag",
@@ -161,11 +175,14 @@ impl Listeners {
                 match i32::from(kind) {
                     libc::NLMSG_DONE => return Ok(found),
                     libc::NLMSG_ERROR => {
-                        let code = at
+                        // A negative errno; anything else is no answer to a dump.
+                        let errno = at
                             .get(HEADER..HEADER + 4)
                             .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-libc::EIO);
-                        return Err(io::Error::from_raw_os_error(-code));
+                            .and_then(i32::checked_neg)
+                            .filter(|errno| *errno > 0)
+                            .unwrap_or(libc::EIO);
+                        return Err(io::Error::from_raw_os_error(errno));
                     }
                     _ if kind == SOCK_DIAG_BY_FAMILY => {
                         found |= self.counts(&at[HEADER..len], port);
@@ -207,10 +224,33 @@ impl Listeners {
         };
         let reached = match address {
             IpAddr::V4(v4) => v4.is_unspecified() || v4 == self.address,
-            IpAddr::V6(v6) => v6.is_unspecified() || v6.to_ipv4_mapped() == Some(self.address),
+            // An IPv6 socket on the wildcard takes IPv4 connections too, unless IPv6 only.
+            IpAddr::V6(v6) => {
+                (v6.is_unspecified() && !v6_only(message))
+                    || v6.to_ipv4_mapped() == Some(self.address)
+            }
         };
         source_port == port && reached && waiting <= most
     }
+}
+
+/// Whether a `struct inet_diag_msg` says its socket takes IPv6 alone (its
+/// `INET_DIAG_SKV6ONLY` attribute; without one, it does not).
+fn v6_only(message: &[u8]) -> bool {
+    let mut attributes = message.get(MESSAGE..).unwrap_or_default();
+    // Each: `struct rtattr` (u16 length with itself, u16 type), its value, 4-byte aligned.
+    while attributes.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if len < 4 || len > attributes.len() {
+            return false;
+        }
+        if kind == ATTRIBUTE_V6ONLY {
+            return attributes.get(4).is_some_and(|v| *v != 0);
+        }
+        attributes = &attributes[((len + 3) & !3).min(attributes.len())..];
+    }
+    false
 }
 
 #[cfg(test)]
@@ -247,6 +287,12 @@ mod tests {
             assert!(here.accepts(port).unwrap());
         }
 
+        // An IPv6-only one does not.
+        if let Some((v6only, port)) = v6_only_listener() {
+            assert!(!here.accepts(port).unwrap(), "an IPv6-only listener");
+            drop(v6only);
+        }
+
         // A connected socket on that port is no listener.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -254,5 +300,36 @@ mod tests {
         let (_served, _) = listener.accept().unwrap();
         drop(listener);
         assert!(!here.accepts(port).unwrap());
+    }
+
+    /// A listener on `[::]` taking IPv6 alone, and its port (`None` without IPv6 here).
+    fn v6_only_listener() -> Option<(OwnedFd, u16)> {
+        // SAFETY: plain socket calls on a socket made here, with valid buffers and lengths.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return None;
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let on: libc::c_int = 1;
+            let set = libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                std::ptr::from_ref(&on).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+            assert_eq!(set, 0, "IPV6_V6ONLY");
+            let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+            addr.sin6_family = libc::AF_INET6 as u16;
+            let len = size_of::<libc::sockaddr_in6>() as u32;
+            let at = std::ptr::from_mut(&mut addr).cast();
+            if libc::bind(fd.as_raw_fd(), at, len) != 0 || libc::listen(fd.as_raw_fd(), 8) != 0 {
+                return None;
+            }
+            let mut len = len;
+            assert_eq!(libc::getsockname(fd.as_raw_fd(), at, &mut len), 0);
+            Some((fd, u16::from_be(addr.sin6_port)))
+        }
     }
 }

@@ -53,8 +53,8 @@ const GATHER: Duration = Duration::from_millis(5);
 /// which may be down; what is not out by then is dropped.
 const LAST_LINES: Duration = Duration::from_secs(2);
 
-/// An app's lines of one wake-up go out in messages of about this size at most (the bus
-/// takes up to 1 MiB by default).
+/// An app's lines of one wake-up go out in messages of this size at most (the bus takes up to
+/// 1 MiB by default).
 const MESSAGE_BYTES: usize = 128 << 10;
 
 /// The requests' side of the queue; `None` when RTR lines are off.
@@ -309,35 +309,59 @@ async fn publish(
 }
 
 /// Publishes `batch`, emptied: the lines of each app (in the order they came) in messages of
-/// at most about [`MESSAGE_BYTES`], each a JSON array of lines.
+/// at most [`MESSAGE_BYTES`] (or what the bus takes, if less), each a JSON array of lines. A
+/// line too big for any message is dropped and counted.
 async fn send(client: &Client, batch: &mut Vec<Record>, metrics: &Metrics) {
     // Stable: an app's lines keep their order.
     batch.sort_by(|a, b| a.endpoint.app.cmp(&b.endpoint.app));
-    let mut body = Vec::with_capacity(MESSAGE_BYTES + 1024);
-    let mut lines = 0;
-    let mut records = batch.drain(..).peekable();
-    while let Some(record) = records.next() {
-        body.push(if lines == 0 { b'[' } else { b',' });
-        record.write_json(&mut body);
-        lines += 1;
-        let same_app = records
-            .peek()
-            .is_some_and(|next| next.endpoint.app == record.endpoint.app);
-        if same_app && body.len() < MESSAGE_BYTES {
-            continue;
-        }
-        body.push(b']');
+    let most = MESSAGE_BYTES.min(client.server_info().max_payload.max(1));
+    let mut message = Gathered::default();
+    let mut line = Vec::with_capacity(1024);
+    for record in batch.drain(..) {
+        line.clear();
+        record.write_json(&mut line);
         let subject = record.subject();
-        let message = bytes::Bytes::copy_from_slice(&body);
-        match client.publish(subject, message).await {
-            Ok(()) => metrics.rtr_lines.fetch_add(lines, Ordering::Relaxed),
-            Err(e) => {
-                debug!(error = %e, lines, "publishing RTR lines");
-                0
-            }
+        // With the line: `[` or `,` before it, and the closing `]`.
+        let full = message.body.len() + line.len() + 2 > most;
+        if message.subject.as_ref().is_some_and(|s| *s != subject) || full {
+            message.publish(client, metrics).await;
+        }
+        message.add(subject, &line);
+    }
+    message.publish(client, metrics).await;
+}
+
+/// An app's lines gathered into one message.
+#[derive(Default)]
+struct Gathered {
+    subject: Option<Subject>,
+    /// `[` and the lines, `,` between them.
+    body: Vec<u8>,
+    lines: u64,
+}
+
+impl Gathered {
+    fn add(&mut self, subject: Subject, line: &[u8]) {
+        self.body.push(if self.lines == 0 { b'[' } else { b',' });
+        self.body.extend_from_slice(line);
+        self.lines += 1;
+        self.subject = Some(subject);
+    }
+
+    /// Publishes what is gathered (if anything) and starts again.
+    async fn publish(&mut self, client: &Client, metrics: &Metrics) {
+        let (Some(subject), lines) = (self.subject.take(), std::mem::take(&mut self.lines)) else {
+            return;
         };
-        body.clear();
-        lines = 0;
+        self.body.push(b']');
+        let message = bytes::Bytes::copy_from_slice(&self.body);
+        self.body.clear();
+        if let Err(e) = client.publish(subject, message).await {
+            debug!(error = %e, lines, "publishing RTR lines");
+            metrics.rtr_dropped.fetch_add(lines, Ordering::Relaxed);
+        } else {
+            metrics.rtr_lines.fetch_add(lines, Ordering::Relaxed);
+        }
     }
 }
 
