@@ -168,11 +168,16 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
         Err(Error::HandleTaken(_))
     ));
 
-    let listener =
-        std::net::TcpListener::bind(("0.0.0.0", t.config.port_range_start)).expect("bind");
+    // A port of the range taken by someone else (the first one free here: the machine may
+    // have handed any of them out as a connection's local port).
+    let range = t.config.port_range_start..t.config.port_range_start + t.config.port_range_size;
+    let (listener, taken) = range
+        .filter_map(|port| Some((std::net::TcpListener::bind(("0.0.0.0", port)).ok()?, port)))
+        .next()
+        .expect("a free port in the test's range");
     let mut s = spec("port");
     s.net_in = vec![NetIn {
-        host_port: Some(t.config.port_range_start),
+        host_port: Some(taken),
         container_port: 8080,
     }];
     assert!(matches!(
