@@ -470,7 +470,7 @@ fn kill_init(pid_file: &Path, cgroups_path: &str) {
     }
 }
 
-fn read_pid(path: &Path) -> Result<u32> {
+pub(super) fn read_pid(path: &Path) -> Result<u32> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read pid file", path, e))?;
     text.trim().parse().map_err(|_| {
         Error::io(

@@ -240,12 +240,7 @@ impl Backend {
         let address = self.info(handle)?.container_ip;
         let pid_file = self.inner.dir(handle).init_pid();
         let made = tokio::task::spawn_blocking(move || {
-            let pid = std::fs::read_to_string(&pid_file)
-                .map_err(|e| Error::io("read pid file", &pid_file, e))?;
-            let pid: u32 = pid.trim().parse().map_err(|_| {
-                let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, pid.clone());
-                Error::io("parse pid file", &pid_file, bad)
-            })?;
+            let pid = create::read_pid(&pid_file)?;
             Listeners::of_process(pid, address).map_err(|e| {
                 Error::io(
                     "look into the network namespace of",
