@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cell::Shared;
+use crate::clock;
 use crate::launch;
 use crate::report::{self, Ending};
 
@@ -319,16 +320,12 @@ async fn monitor(
         .map(std::time::Duration::from_secs)
         .unwrap_or_else(|| timings.probe_timeout());
     let deadline = Instant::now() + start_timeout(cell, inst);
-    let mut running = false;
     // While starting, probes come quickly at first (most apps listen within tens of ms) and
     // then slow down to the configured interval: 10, 20, 40, ... ms.
     let mut starting_wait = FIRST_STARTING_PROBE_WAIT;
+    // Once it runs, probes come on the cell's clock, in one wake-up with other instances'.
+    let mut running_probes: Option<tokio::time::Interval> = None;
     loop {
-        let interval = if running {
-            timings.running_probe_interval()
-        } else {
-            timings.starting_probe_interval()
-        };
         tokio::select! {
             biased;
             () = inst.stop.cancelled() => return Outcome::Stopped,
@@ -337,15 +334,18 @@ async fn monitor(
                 Ok(Err(e)) => Outcome::Lost(format!("lost the process: {e}")),
                 Err(e) => Outcome::Lost(format!("lost the process: {e}")),
             },
-            () = tokio::time::sleep(if running { interval } else { std::time::Duration::ZERO }) => {}
+            () = async {
+                if let Some(due) = running_probes.as_mut() {
+                    due.tick().await;
+                }
+            } => {}
         }
         let healthy = tokio::select! {
             h = crate::health::probe(check, app, listeners, probe_timeout) => h,
             () = inst.stop.cancelled() => return Outcome::Stopped,
         };
-        match (running, healthy) {
+        match (running_probes.is_some(), healthy) {
             (false, true) => {
-                running = true;
                 report::set_state(&cell.nats, inst, InstanceState::Running, Ending::default())
                     .await;
                 report::cell_log(&cell.nats, inst, "Container became healthy").await;
@@ -353,6 +353,7 @@ async fn monitor(
                 report::routes(&cell.nats, inst, &cell.config.zone, true).await;
                 cell.changed.notify_one();
                 info!("instance.healthy");
+                running_probes = Some(clock::every(timings.running_probe_interval()));
             }
             (true, false) => {
                 report::cell_log(&cell.nats, inst, "Container became unhealthy").await;
@@ -362,7 +363,7 @@ async fn monitor(
                 return Outcome::Unhealthy { starting: true }
             }
             (false, false) => {
-                let wait = starting_wait.min(interval);
+                let wait = starting_wait.min(timings.starting_probe_interval());
                 starting_wait = starting_wait.saturating_mul(2);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}

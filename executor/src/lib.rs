@@ -19,6 +19,7 @@
 //! unregistered, instances stopped).
 
 mod cell;
+mod clock;
 pub mod config;
 pub mod droplets;
 pub mod error;

@@ -13,11 +13,14 @@ use kiln_bus::router;
 use tokio_util::sync::CancellationToken;
 
 use crate::cell::Shared;
+use crate::clock;
 use crate::report;
 
 /// Advertises the cell every interval and whenever it changes.
 pub(crate) async fn advertise(cell: Arc<Shared>, stop: CancellationToken) {
-    let interval = Duration::from_millis(cell.config.timings.advertise_interval_ms.max(100));
+    let mut ticks = clock::every(Duration::from_millis(
+        cell.config.timings.advertise_interval_ms.max(100),
+    ));
     loop {
         report::publish(
             &cell.nats,
@@ -26,7 +29,7 @@ pub(crate) async fn advertise(cell: Arc<Shared>, stop: CancellationToken) {
         )
         .await;
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
             () = cell.changed.notified() => {}
             () = stop.cancelled() => return,
         }
@@ -35,7 +38,7 @@ pub(crate) async fn advertise(cell: Arc<Shared>, stop: CancellationToken) {
 
 /// Lists the cell's instances every interval.
 pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
-    let interval = Duration::from_secs(cell.config.timings.instances_interval_secs.max(1));
+    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.instances_interval_secs.max(1)));
     loop {
         let listing = CellInstances {
             cell_id: cell.config.cell_id.clone(),
@@ -50,7 +53,7 @@ pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
         };
         report::publish(&cell.nats, cell::CELL_INSTANCES.to_string(), &listing).await;
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
     }
@@ -58,7 +61,7 @@ pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
 
 /// Registers the routes of RUNNING instances every interval and on `router.start`.
 pub(crate) async fn register_routes(cell: Arc<Shared>, stop: CancellationToken) {
-    let interval = Duration::from_secs(cell.config.timings.register_interval_secs.max(1));
+    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.register_interval_secs.max(1)));
     let mut hellos = match cell.nats.subscribe(router::ROUTER_START).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -68,7 +71,7 @@ pub(crate) async fn register_routes(cell: Arc<Shared>, stop: CancellationToken) 
     };
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
             Some(_) = async { match hellos.as_mut() { Some(h) => h.next().await, None => std::future::pending().await } } => {
                 tracing::info!("router.hello");
             }
@@ -85,11 +88,11 @@ pub(crate) async fn register_routes(cell: Arc<Shared>, stop: CancellationToken) 
 
 /// Publishes every instance's usage every interval.
 pub(crate) async fn metrics(cell: Arc<Shared>, stop: CancellationToken) {
-    let interval = Duration::from_secs(cell.config.timings.metrics_interval_secs.max(1));
+    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.metrics_interval_secs.max(1)));
     let mut previous: HashMap<String, (u64, Instant)> = HashMap::new();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
         let instances: Vec<_> = cell.instances().values().cloned().collect();

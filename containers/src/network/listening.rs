@@ -1,14 +1,14 @@
 //! Which TCP ports listen in a network namespace, asked of the kernel over a `sock_diag`
 //! netlink socket made in that namespace: what a TCP connection to the port from outside
-//! would find (a listener on the wildcard address or on the given address, its accept queue
-//! not full) without a packet sent. A cell's port health check of an instance is one such
-//! question (one netlink round trip) instead of a connection through the veth, the host's
-//! firewall chains and conntrack: seven packets, and at 50 instances most of an idle cell's
-//! CPU.
+//! would find (the kernel's own lookup of the listener for it: on the wildcard address or the
+//! given one, IPv4 or dual-stack IPv6), and whether its accept queue has room, without a packet
+//! sent. A cell's port health check of an instance is one such question (one netlink request
+//! and its answer) instead of a connection through the veth, the host's firewall chains and
+//! conntrack: seven packets, and at 50 instances most of an idle cell's CPU.
 
 use std::io;
 use std::mem::size_of;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
@@ -20,12 +20,9 @@ const TCP_LISTEN: u32 = 10;
 const HEADER: usize = 16;
 /// Bytes of `struct inet_diag_msg` up to and with `idiag_wqueue`.
 const MESSAGE_UP_TO_WQUEUE: usize = 4 + 48 + 4 + 4 + 4;
-/// Bytes of `struct inet_diag_msg`; its attributes follow.
-const MESSAGE: usize = MESSAGE_UP_TO_WQUEUE + 4 + 4;
-/// `INET_DIAG_SKV6ONLY` (linux/inet_diag.h): a `u8`, whether an IPv6 socket takes IPv6 alone.
-const ATTRIBUTE_V6ONLY: u16 = 11;
-/// Room for the kernel's answers (it fits a dump's parts to the reader's buffer).
-const ANSWER_BYTES: usize = 32 << 10;
+/// Room for the kernel's answers (one `struct inet_diag_msg` with its attributes, or an error
+/// with the request it answers).
+const ANSWER_BYTES: usize = 8 << 10;
 
 /// A netlink `sock_diag` socket in one network namespace.
 #[derive(Debug)]
@@ -33,9 +30,18 @@ pub struct Listeners {
     socket: OwnedFd,
     /// The namespace's own address: listeners bound to it count, as do wildcard ones.
     address: Ipv4Addr,
-    /// Room for answers; held by one question at a time (two at once on the socket would read
-    /// each other's answers).
-    answers: Mutex<Vec<u8>>,
+    /// Held by one question at a time (two at once on the socket would read each other's
+    /// answers).
+    asking: Mutex<Asking>,
+}
+
+/// What a question needs of its own.
+#[derive(Debug)]
+struct Asking {
+    /// Room for answers.
+    answers: Vec<u8>,
+    /// The last request's number: its answer carries it.
+    sequence: u32,
 }
 
 impl Listeners {
@@ -58,7 +64,10 @@ impl Listeners {
         Ok(Listeners {
             socket,
             address,
-            answers: Mutex::new(vec![0; ANSWER_BYTES]),
+            asking: Mutex::new(Asking {
+                answers: vec![0; ANSWER_BYTES],
+                sequence: 0,
+            }),
         })
     }
 
@@ -81,16 +90,91 @@ impl Listeners {
     }
 
     /// Whether a TCP connection to `port` at the namespace's address would be accepted now:
-    /// a socket listens on it (on the wildcard address or that address, IPv4 or dual-stack
-    /// IPv6) with room in its accept queue.
+    /// a socket listens on it (on that address or the wildcard, IPv4 or dual-stack IPv6) with
+    /// room in its accept queue. The kernel finds the listener with the lookup an incoming
+    /// connection gets: one request and one answer, however many sockets the host has.
     pub fn accepts(&self, port: u16) -> io::Result<bool> {
-        let mut buf = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
-        for family in [libc::AF_INET, libc::AF_INET6] {
-            if self.ask(&mut buf, family as u8, port)? {
-                return Ok(true);
+        let mut asking = self.asking.lock().unwrap_or_else(PoisonError::into_inner);
+        let Asking { answers, sequence } = &mut *asking;
+        *sequence = sequence.wrapping_add(1);
+        self.send(*sequence, port)?;
+        // The kernel answers while taking the request: the answer is there to read. Answers
+        // to earlier requests left unread (one failed halfway) are passed over.
+        loop {
+            let Some(n) = self.read(answers)? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from sock_diag",
+                ));
+            };
+            let mut at = &answers[..n];
+            while at.len() >= HEADER {
+                let len = u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize;
+                let kind = u16::from_ne_bytes([at[4], at[5]]);
+                let seq = u32::from_ne_bytes([at[8], at[9], at[10], at[11]]);
+                if len < HEADER || len > at.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a truncated sock_diag answer",
+                    ));
+                }
+                if seq == *sequence {
+                    return match i32::from(kind) {
+                        libc::NLMSG_ERROR => match error_of(&at[HEADER..len]) {
+                            // No socket a connection would reach.
+                            libc::ENOENT => Ok(false),
+                            errno => Err(io::Error::from_raw_os_error(errno)),
+                        },
+                        _ if kind == SOCK_DIAG_BY_FAMILY => Ok(listening(&at[HEADER..len], port)),
+                        _ => Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("sock_diag answered with message type {kind}"),
+                        )),
+                    };
+                }
+                // Messages are 4-byte aligned.
+                at = &at[((len + 3) & !3).min(at.len())..];
             }
         }
-        Ok(false)
+    }
+
+    /// Asks for the TCP socket a connection to `port` at the namespace's address would reach.
+    fn send(&self, sequence: u32, port: u16) -> io::Result<()> {
+        let mut request = [0u8; HEADER + 56];
+        let len = request.len() as u32;
+        request[0..4].copy_from_slice(&len.to_ne_bytes());
+        request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        // Not a dump: the one socket the kernel's lookup finds, or ENOENT.
+        request[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        request[8..12].copy_from_slice(&sequence.to_ne_bytes());
+        // struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id:
+        // source port and address (where the connection goes: the socket's own end),
+        // destination port and address (unset: from anywhere), interface, cookie (none).
+        let id = HEADER + 8;
+        request[HEADER] = libc::AF_INET as u8;
+        request[HEADER + 1] = libc::IPPROTO_TCP as u8;
+        request[HEADER + 4..id].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        request[id..id + 2].copy_from_slice(&port.to_be_bytes());
+        request[id + 4..id + 8].copy_from_slice(&self.address.octets());
+        request[id + 40..id + 48].fill(0xff);
+        // SAFETY: a zeroed sockaddr_nl with its family set addresses the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: the buffer and the address are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                std::ptr::from_ref(&kernel).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// One read of what the kernel has for this socket, without waiting: `None` when there
@@ -117,140 +201,35 @@ impl Listeners {
             }
         }
     }
-
-    /// One dump of `family`'s TCP listeners on `port`: whether one of them counts.
-    fn ask(&self, buf: &mut [u8], family: u8, port: u16) -> io::Result<bool> {
-        // What an earlier question left unread (it failed halfway) goes first: a socket
-        // answers one dump at a time.
-        while self.read(buf)?.is_some_and(|n| n > 0) {}
-        let mut request = [0u8; HEADER + 56];
-        let len = request.len() as u32;
-        request[0..4].copy_from_slice(&len.to_ne_bytes());
-        request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        request[6..8].copy_from_slice(&flags.to_ne_bytes());
-        // struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id,
-        // whose source port the kernel matches for a dump.
-        request[HEADER] = family;
-        request[HEADER + 1] = libc::IPPROTO_TCP as u8;
-        request[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-        request[HEADER + 8..HEADER + 10].copy_from_slice(&port.to_be_bytes());
-        // SAFETY: a zeroed sockaddr_nl with its family set addresses the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: the buffer and the address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                std::ptr::from_ref(&kernel).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut found = false;
-        loop {
-            // The kernel writes a dump's first part while taking the request and each next
-            // part as the last is read: there is always something to read until the end.
-            let Some(n) = self.read(buf)? else {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no answer from sock_diag",
-                ));
-            };
-            let mut at = &buf[..n];
-            while at.len() >= HEADER {
-                let len = u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize;
-                let kind = u16::from_ne_bytes([at[4], at[5]]);
-                if len < HEADER || len > at.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a truncated sock_diag answer",
-                    ));
-                }
-                match i32::from(kind) {
-                    libc::NLMSG_DONE => return Ok(found),
-                    libc::NLMSG_ERROR => {
-                        // A negative errno; anything else is no answer to a dump.
-                        let errno = at
-                            .get(HEADER..HEADER + 4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .and_then(i32::checked_neg)
-                            .filter(|errno| *errno > 0)
-                            .unwrap_or(libc::EIO);
-                        return Err(io::Error::from_raw_os_error(errno));
-                    }
-                    _ if kind == SOCK_DIAG_BY_FAMILY => {
-                        found |= self.counts(&at[HEADER..len], port);
-                    }
-                    _ => {}
-                }
-                // Messages are 4-byte aligned.
-                at = &at[((len + 3) & !3).min(at.len())..];
-            }
-        }
-    }
-
-    /// Whether one `struct inet_diag_msg` is a listener connections to `port` would reach.
-    fn counts(&self, message: &[u8], port: u16) -> bool {
-        if message.len() < MESSAGE_UP_TO_WQUEUE {
-            return false;
-        }
-        let family = i32::from(message[0]);
-        let source_port = u16::from_be_bytes([message[4], message[5]]);
-        let source = &message[8..24];
-        let number = |at: usize| {
-            u32::from_ne_bytes([
-                message[at],
-                message[at + 1],
-                message[at + 2],
-                message[at + 3],
-            ])
-        };
-        // For a listener: connections waiting to be accepted, and the most it holds.
-        let (waiting, most) = (number(56), number(60));
-        let address = match family {
-            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(source[0], source[1], source[2], source[3])),
-            libc::AF_INET6 => {
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(source);
-                IpAddr::V6(Ipv6Addr::from(octets))
-            }
-            _ => return false,
-        };
-        let reached = match address {
-            IpAddr::V4(v4) => v4.is_unspecified() || v4 == self.address,
-            // An IPv6 socket on the wildcard takes IPv4 connections too, unless IPv6 only.
-            IpAddr::V6(v6) => {
-                (v6.is_unspecified() && !v6_only(message))
-                    || v6.to_ipv4_mapped() == Some(self.address)
-            }
-        };
-        source_port == port && reached && waiting <= most
-    }
 }
 
-/// Whether a `struct inet_diag_msg` says its socket takes IPv6 alone (its
-/// `INET_DIAG_SKV6ONLY` attribute; without one, it does not).
-fn v6_only(message: &[u8]) -> bool {
-    let mut attributes = message.get(MESSAGE..).unwrap_or_default();
-    // Each: `struct rtattr` (u16 length with itself, u16 type), its value, 4-byte aligned.
-    while attributes.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
-        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
-        if len < 4 || len > attributes.len() {
-            return false;
-        }
-        if kind == ATTRIBUTE_V6ONLY {
-            return attributes.get(4).is_some_and(|v| *v != 0);
-        }
-        attributes = &attributes[((len + 3) & !3).min(attributes.len())..];
+/// The errno of a netlink error message's body (a negative errno first), `EIO` if unclear.
+fn error_of(body: &[u8]) -> i32 {
+    body.get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .and_then(i32::checked_neg)
+        .filter(|errno| *errno > 0)
+        .unwrap_or(libc::EIO)
+}
+
+/// Whether one `struct inet_diag_msg` is a listener on `port` with room in its accept queue.
+fn listening(message: &[u8], port: u16) -> bool {
+    if message.len() < MESSAGE_UP_TO_WQUEUE {
+        return false;
     }
-    false
+    let state = u32::from(message[1]);
+    let source_port = u16::from_be_bytes([message[4], message[5]]);
+    let number = |at: usize| {
+        u32::from_ne_bytes([
+            message[at],
+            message[at + 1],
+            message[at + 2],
+            message[at + 3],
+        ])
+    };
+    // For a listener: connections waiting to be accepted, and the most it holds.
+    let (waiting, most) = (number(56), number(60));
+    state == TCP_LISTEN && source_port == port && waiting <= most
 }
 
 #[cfg(test)]
@@ -292,6 +271,18 @@ mod tests {
             assert!(!here.accepts(port).unwrap(), "an IPv6-only listener");
             drop(v6only);
         }
+
+        // An answer left unread by an earlier question is passed over: the one read is to
+        // this question.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        here.send(u32::MAX, port).unwrap();
+        drop(listener);
+        assert!(!here.accepts(port).unwrap(), "the earlier answer was read");
+        let unanswered = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        here.send(u32::MAX, unanswered.port()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(here.accepts(listener.local_addr().unwrap().port()).unwrap());
 
         // A connected socket on that port is no listener.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
