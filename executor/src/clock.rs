@@ -56,7 +56,11 @@ mod tests {
         assert_eq!(nearest_multiple(ms(30_400), s(1)), s(30));
         assert_eq!(nearest_multiple(ms(30_600), s(1)), s(31));
         assert_eq!(nearest_multiple(ms(2_000), s(1)), s(2));
-        assert_eq!(nearest_multiple(ms(100), s(1)), s(1), "never the origin itself");
+        assert_eq!(
+            nearest_multiple(ms(100), s(1)),
+            s(1),
+            "never the origin itself"
+        );
         assert_eq!(nearest_multiple(ms(740), ms(500)), ms(500));
     }
 
@@ -66,7 +70,11 @@ mod tests {
         let a = on_grid(now + Duration::from_secs(30), STEP);
         let b = on_grid(now + Duration::from_millis(30_020), STEP);
         for t in [a, b] {
-            assert_eq!((t - origin()).subsec_nanos(), 0, "a whole second from the origin");
+            assert_eq!(
+                (t - origin()).subsec_nanos(),
+                0,
+                "a whole second from the origin"
+            );
             let off = t.max(now + Duration::from_secs(30)) - t.min(now + Duration::from_secs(30));
             assert!(off <= Duration::from_millis(520), "{off:?} off");
         }

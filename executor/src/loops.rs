@@ -38,7 +38,9 @@ pub(crate) async fn advertise(cell: Arc<Shared>, stop: CancellationToken) {
 
 /// Lists the cell's instances every interval.
 pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
-    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.instances_interval_secs.max(1)));
+    let mut ticks = clock::every(Duration::from_secs(
+        cell.config.timings.instances_interval_secs.max(1),
+    ));
     loop {
         let listing = CellInstances {
             cell_id: cell.config.cell_id.clone(),
@@ -61,7 +63,9 @@ pub(crate) async fn list_instances(cell: Arc<Shared>, stop: CancellationToken) {
 
 /// Registers the routes of RUNNING instances every interval and on `router.start`.
 pub(crate) async fn register_routes(cell: Arc<Shared>, stop: CancellationToken) {
-    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.register_interval_secs.max(1)));
+    let mut ticks = clock::every(Duration::from_secs(
+        cell.config.timings.register_interval_secs.max(1),
+    ));
     let mut hellos = match cell.nats.subscribe(router::ROUTER_START).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -88,7 +92,9 @@ pub(crate) async fn register_routes(cell: Arc<Shared>, stop: CancellationToken) 
 
 /// Publishes every instance's usage every interval.
 pub(crate) async fn metrics(cell: Arc<Shared>, stop: CancellationToken) {
-    let mut ticks = clock::every(Duration::from_secs(cell.config.timings.metrics_interval_secs.max(1)));
+    let mut ticks = clock::every(Duration::from_secs(
+        cell.config.timings.metrics_interval_secs.max(1),
+    ));
     let mut previous: HashMap<String, (u64, Instant)> = HashMap::new();
     loop {
         tokio::select! {

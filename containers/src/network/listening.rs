@@ -279,7 +279,10 @@ mod tests {
         here.send(u32::MAX, port).unwrap();
         drop(listener);
         assert!(!here.accepts(port).unwrap(), "the earlier answer was read");
-        let unanswered = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let unanswered = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         here.send(u32::MAX, unanswered.port()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(here.accepts(listener.local_addr().unwrap().port()).unwrap());
