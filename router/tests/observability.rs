@@ -181,6 +181,77 @@ async fn a_failed_endpoint_is_logged_and_rtr_lines_can_be_turned_off() {
     assert_eq!(quiet.status_json("/varz").await["rtr_lines"], 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_apps_lines_of_one_moment_leave_in_messages_of_at_most_128_kib() {
+    let nats = Nats::start();
+    let router = Router::start(&nats.url).await;
+    let backend = Backend::echo("web").await;
+    let watcher = async_nats::connect(&nats.url).await.unwrap();
+    let mut messages = watcher.subscribe(app_log("big-app")).await.unwrap();
+    kiln_bus::round_trip(&watcher, kiln_bus::ROUND_TRIP_TIMEOUT)
+        .await
+        .unwrap();
+    let registrar = Registrar::connect(&nats.url).await;
+    registrar
+        .register(&endpoint(backend.addr, &["big.example.com"], "big-app"))
+        .await;
+    wait_routed(&router, "big.example.com", "/").await;
+
+    // Twelve requests at once whose lines are about 40 KiB each (their referers), so those
+    // of one gathering outgrow a message; and one whose line is 200 KiB (its user agent),
+    // alone in its message.
+    let referer = format!("http://example.org/{}", "a".repeat(40 << 10));
+    let user_agent = "b".repeat(200 << 10);
+    let paths: Vec<String> = (0..12)
+        .map(|i| format!("/big/{i}"))
+        .chain(["/huge".to_string()])
+        .collect();
+    let answers = futures::future::join_all(paths.iter().map(|path| {
+        let request = router.get("big.example.com", path);
+        match path.as_str() {
+            "/huge" => request.header("user-agent", &user_agent),
+            _ => request.header("referer", &referer),
+        }
+        .send()
+    }))
+    .await;
+    for answer in answers {
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+
+    let mut heard: Vec<String> = Vec::new();
+    while heard.len() < paths.len() {
+        let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("the lines within 20 s")
+            .expect("subscription open");
+        let lines = decode_app_log(&message.subject, &message.payload).expect("app log lines");
+        let ours: Vec<_> = lines
+            .iter()
+            .filter_map(|l| {
+                paths
+                    .iter()
+                    .find(|p| l.message.contains(&format!("GET {p} ")))
+            })
+            .cloned()
+            .collect();
+        if lines.len() > 1 {
+            assert!(
+                message.payload.len() <= 128 << 10,
+                "{} lines in {} bytes",
+                lines.len(),
+                message.payload.len()
+            );
+        }
+        heard.extend(ours);
+    }
+    heard.sort();
+    let mut sent = paths.clone();
+    sent.sort();
+    assert_eq!(heard, sent, "every line once");
+    assert_eq!(router.status_json("/varz").await["rtr_dropped"], 0);
+}
+
 /// The value of the sample named exactly `sample` (with its labels) in a `/metrics` text.
 fn sample(text: &str, sample: &str) -> f64 {
     text.lines()
