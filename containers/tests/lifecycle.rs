@@ -218,12 +218,18 @@ async fn an_abandoned_create_leaves_nothing_behind() {
         }
     }
 
-    // The backend finishes the create and, nobody waiting for it, destroys the container.
+    // The backend finishes the create and, nobody waiting for it, destroys the container:
+    // nothing of it is left on the machine, and its handle, slot and address are free again
+    // (the handle once the destroy has also removed its directory, a moment after the rest).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let info = loop {
         let gone = matches!(t.backend.info("abandoned"), Err(Error::NotFound(_)));
         if gone && t.backend.resources_on_machine().is_empty() {
-            break;
+            match t.backend.create(spec("abandoned")).await {
+                Ok(info) => break info,
+                Err(Error::HandleTaken(_)) => {}
+                Err(e) => panic!("create again: {e}"),
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -232,13 +238,7 @@ async fn an_abandoned_create_leaves_nothing_behind() {
             t.backend.info("abandoned").map(|i| i.state)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Its handle, slot and address are free again.
-    let info = t
-        .backend
-        .create(spec("abandoned"))
-        .await
-        .expect("create again");
+    };
     assert_eq!(info.state, ContainerState::Active);
     t.backend.destroy("abandoned").await.expect("destroy");
     assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
