@@ -190,7 +190,10 @@ async fn bad_specs_get_typed_errors_and_reserve_nothing() {
     assert_eq!(t.backend.resources_on_machine(), Vec::<String>::new());
 }
 
-#[tokio::test]
+// Worker threads: should the test fail while the abandoned create runs, the backend's create
+// task goes on to its end there and lets go of the backend, so that the clean-up (on this
+// thread, which it would otherwise block) can open the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_create_leaves_nothing_behind() {
     let t = TestBackend::new(14).await;
     // The caller gives up while the container is being made (a timeout, a cancelled
