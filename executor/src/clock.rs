@@ -12,11 +12,16 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 /// The grid's step for periods of a second or more.
 const STEP: Duration = Duration::from_secs(1);
 
-/// Ticks every `period` (at least 1 ms), the first one `period` from now, all on the cell's
-/// grid: whole seconds of one origin for periods of a second or more (whole multiples of
-/// shorter ones). A tick that comes late is skipped, not caught up, so ticks stay on the grid.
+/// The longest period taken (longer ones are cut to it): far enough for any timing.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Ticks every `period` (1 ms to a year), the first about `period` from now: at the point of
+/// the cell's grid nearest to it, whose step is a second for periods of a second or more and
+/// the period itself for shorter ones. Periods of whole seconds (all the cell's defaults) thus
+/// tick on whole seconds of one origin. A tick that comes late is skipped, not caught up, so
+/// ticks stay on the grid.
 pub(crate) fn every(period: Duration) -> Interval {
-    let period = period.max(Duration::from_millis(1));
+    let period = period.clamp(Duration::from_millis(1), LONGEST);
     let step = period.min(STEP);
     let mut ticks = tokio::time::interval_at(on_grid(Instant::now() + period, step), period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);

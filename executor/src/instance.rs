@@ -370,7 +370,11 @@ async fn monitor(
                     () = inst.stop.cancelled() => return Outcome::Stopped,
                 }
             }
-            (true, true) => {}
+            // The next probe about an interval after this one ended (a slow probe is not
+            // followed at once by another), on the cell's clock again.
+            (true, true) => {
+                running_probes = Some(clock::every(timings.running_probe_interval()));
+            }
         }
     }
 }

@@ -220,6 +220,7 @@ async fn an_apps_lines_of_one_moment_leave_in_messages_of_at_most_128_kib() {
     }
 
     let mut heard: Vec<String> = Vec::new();
+    let mut most_in_one = 0;
     while heard.len() < paths.len() {
         let message = tokio::time::timeout(Duration::from_secs(20), messages.next())
             .await
@@ -243,12 +244,15 @@ async fn an_apps_lines_of_one_moment_leave_in_messages_of_at_most_128_kib() {
                 message.payload.len()
             );
         }
+        most_in_one = most_in_one.max(ours.len());
         heard.extend(ours);
     }
     heard.sort();
     let mut sent = paths.clone();
     sent.sort();
     assert_eq!(heard, sent, "every line once");
+    // Lines of one moment went together (so the limit above was put to the test).
+    assert!(most_in_one >= 2, "each line alone in its message");
     assert_eq!(router.status_json("/varz").await["rtr_dropped"], 0);
 }
 

@@ -44,9 +44,19 @@ struct Asking {
     sequence: u32,
 }
 
+/// What a request asks of the kernel.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// The listener a connection would reach (a lookup).
+    Listener,
+    /// No socket at all (a dump of no state), to see that it answers.
+    Nothing,
+}
+
 impl Listeners {
     /// A socket in the calling thread's network namespace; `address` is the namespace's own
-    /// address, to which connections would come.
+    /// address, to which connections would come. An error where the kernel cannot answer
+    /// questions about TCP sockets (the caller then connects instead).
     pub fn here(address: Ipv4Addr) -> io::Result<Listeners> {
         // SAFETY: socket(2) with constant arguments; the result is checked before use.
         let fd = unsafe {
@@ -61,14 +71,16 @@ impl Listeners {
         }
         // SAFETY: `fd` was just made and is owned by nobody else.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Listeners {
+        let listeners = Listeners {
             socket,
             address,
             asking: Mutex::new(Asking {
                 answers: vec![0; ANSWER_BYTES],
                 sequence: 0,
             }),
-        })
+        };
+        listeners.check_answers()?;
+        Ok(listeners)
     }
 
     /// A socket in the network namespace of process `pid` (made on a thread of its own that
@@ -94,12 +106,53 @@ impl Listeners {
     /// room in its accept queue. The kernel finds the listener with the lookup an incoming
     /// connection gets: one request and one answer, however many sockets the host has.
     pub fn accepts(&self, port: u16) -> io::Result<bool> {
+        self.ask(port, Ask::Listener, |kind, body| {
+            Some(match i32::from(kind) {
+                libc::NLMSG_ERROR => match error_of(body) {
+                    // No socket a connection would reach.
+                    libc::ENOENT => Ok(false),
+                    errno => Err(io::Error::from_raw_os_error(errno)),
+                },
+                _ if kind == SOCK_DIAG_BY_FAMILY => Ok(listening(body, port)),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("sock_diag answered with message type {kind}"),
+                )),
+            })
+        })
+    }
+
+    /// Whether the kernel answers questions about TCP sockets here: a dump of no socket (no
+    /// state asked for) ends with `NLMSG_DONE` where it does, and with an error where it does
+    /// not (no `inet_diag` or `tcp_diag`), which a lookup would give as ENOENT, as for a port
+    /// nobody listens on.
+    fn check_answers(&self) -> io::Result<()> {
+        self.ask(0, Ask::Nothing, |kind, body| match i32::from(kind) {
+            libc::NLMSG_DONE => Some(match body.get(..4) {
+                Some(b) if i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) != 0 => {
+                    Err(io::Error::from_raw_os_error(error_of(body)))
+                }
+                _ => Ok(()),
+            }),
+            libc::NLMSG_ERROR => Some(Err(io::Error::from_raw_os_error(error_of(body)))),
+            _ => None,
+        })
+    }
+
+    /// Sends `ask` about `port` and gives each message of its answer (type, body) to `take`
+    /// until that returns the outcome. The kernel answers while taking the request: the answer
+    /// is there to read. Answers to earlier requests left unread (one failed halfway) are
+    /// passed over.
+    fn ask<T>(
+        &self,
+        port: u16,
+        ask: Ask,
+        mut take: impl FnMut(u16, &[u8]) -> Option<io::Result<T>>,
+    ) -> io::Result<T> {
         let mut asking = self.asking.lock().unwrap_or_else(PoisonError::into_inner);
         let Asking { answers, sequence } = &mut *asking;
         *sequence = sequence.wrapping_add(1);
-        self.send(*sequence, port)?;
-        // The kernel answers while taking the request: the answer is there to read. Answers
-        // to earlier requests left unread (one failed halfway) are passed over.
+        self.send(*sequence, port, ask)?;
         loop {
             let Some(n) = self.read(answers)? else {
                 return Err(io::Error::new(
@@ -119,18 +172,9 @@ impl Listeners {
                     ));
                 }
                 if seq == *sequence {
-                    return match i32::from(kind) {
-                        libc::NLMSG_ERROR => match error_of(&at[HEADER..len]) {
-                            // No socket a connection would reach.
-                            libc::ENOENT => Ok(false),
-                            errno => Err(io::Error::from_raw_os_error(errno)),
-                        },
-                        _ if kind == SOCK_DIAG_BY_FAMILY => Ok(listening(&at[HEADER..len], port)),
-                        _ => Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("sock_diag answered with message type {kind}"),
-                        )),
-                    };
+                    if let Some(outcome) = take(kind, &at[HEADER..len]) {
+                        return outcome;
+                    }
                 }
                 // Messages are 4-byte aligned.
                 at = &at[((len + 3) & !3).min(at.len())..];
@@ -138,14 +182,19 @@ impl Listeners {
         }
     }
 
-    /// Asks for the TCP socket a connection to `port` at the namespace's address would reach.
-    fn send(&self, sequence: u32, port: u16) -> io::Result<()> {
+    /// Sends `ask`: for the TCP socket a connection to `port` at the namespace's address would
+    /// reach, or for nothing.
+    fn send(&self, sequence: u32, port: u16, ask: Ask) -> io::Result<()> {
         let mut request = [0u8; HEADER + 56];
         let len = request.len() as u32;
         request[0..4].copy_from_slice(&len.to_ne_bytes());
         request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        // Not a dump: the one socket the kernel's lookup finds, or ENOENT.
-        request[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        // A lookup is no dump: the one socket the kernel's lookup finds, or ENOENT.
+        let (flags, states) = match ask {
+            Ask::Listener => (libc::NLM_F_REQUEST, 1u32 << TCP_LISTEN),
+            Ask::Nothing => (libc::NLM_F_REQUEST | libc::NLM_F_DUMP, 0),
+        };
+        request[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
         request[8..12].copy_from_slice(&sequence.to_ne_bytes());
         // struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id:
         // source port and address (where the connection goes: the socket's own end),
@@ -153,7 +202,7 @@ impl Listeners {
         let id = HEADER + 8;
         request[HEADER] = libc::AF_INET as u8;
         request[HEADER + 1] = libc::IPPROTO_TCP as u8;
-        request[HEADER + 4..id].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        request[HEADER + 4..id].copy_from_slice(&states.to_ne_bytes());
         request[id..id + 2].copy_from_slice(&port.to_be_bytes());
         request[id + 4..id + 8].copy_from_slice(&self.address.octets());
         request[id + 40..id + 48].fill(0xff);
@@ -276,14 +325,15 @@ mod tests {
         // this question.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        here.send(u32::MAX, port).unwrap();
+        here.send(u32::MAX, port, Ask::Listener).unwrap();
         drop(listener);
         assert!(!here.accepts(port).unwrap(), "the earlier answer was read");
         let unanswered = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
-        here.send(u32::MAX, unanswered.port()).unwrap();
+        here.send(u32::MAX, unanswered.port(), Ask::Listener)
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(here.accepts(listener.local_addr().unwrap().port()).unwrap());
 
