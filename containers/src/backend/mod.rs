@@ -560,14 +560,16 @@ impl Inner {
         }
     }
 
-    /// Removes this backend's (empty) parent cgroups in every hierarchy.
+    /// Removes this backend's (empty) parent cgroup in every hierarchy. The `kiln` cgroup
+    /// above it, shared by the machine's backends, stays: removing it when it looked empty
+    /// raced another backend's runc between its `mkdir kiln` and `mkdir kiln/<tag>` (seen in
+    /// CI as "unable to apply cgroup configuration: mkdir .../kiln/<tag>: no such file").
     fn remove_cgroup_parents(&self) {
         let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
             return;
         };
         for h in hierarchies.flatten() {
             let _ = std::fs::remove_dir(h.path().join("kiln").join(&self.tag));
-            let _ = std::fs::remove_dir(h.path().join("kiln"));
         }
     }
 }
