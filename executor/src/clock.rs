@@ -1,8 +1,8 @@
 //! The cell's clock for periodic work. Every round (advertisements, instance lists, route
 //! registrations, metrics, the health probes of running instances) falls due on whole seconds
 //! of one origin, so the rounds that fall in the same second run in one wake-up of the cell and
-//! their messages leave in one write to the bus, instead of each at its own moment: an idle
-//! cell with 50 instances wakes about once a second, not about three times.
+//! their messages leave in one write to the bus, instead of each at its own moment: however
+//! many instances a cell runs, its periodic work falls due at most once a second.
 
 use std::sync::OnceLock;
 use std::time::Duration;

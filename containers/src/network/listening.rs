@@ -10,6 +10,7 @@ use std::io;
 use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
@@ -79,7 +80,13 @@ impl Listeners {
                 sequence: 0,
             }),
         };
-        listeners.check_answers()?;
+        // Whether the kernel has the handlers is the same in every namespace: asked until it
+        // said yes once, not at every instance's start.
+        static ANSWERS: AtomicBool = AtomicBool::new(false);
+        if !ANSWERS.load(Ordering::Relaxed) {
+            listeners.check_answers()?;
+            ANSWERS.store(true, Ordering::Relaxed);
+        }
         Ok(listeners)
     }
 
